@@ -1,0 +1,245 @@
+"""Every M3 score, defined once: dense, lexical, ColBERT (MaxSim), the weighted hybrid,
+reciprocal-rank fusion and score normalisation, plus pair scoring (``compute_score``).
+
+The padded ColBERT function :func:`maxsim` is the one search re-ranking and the training
+losses use; ``compute_score`` is built from the same pieces.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+if TYPE_CHECKING:
+    from .model import M3Model
+    from .output import LexicalWeights
+    from .tokenize import M3Tokenizer
+
+MODES = ("dense", "sparse", "colbert")
+DEFAULT_WEIGHTS = (1.0, 1.0, 1.0)  # compute_score's default (dense, sparse, colbert)
+PAPER_WEIGHTS = (1.0, 0.3, 1.0)  # the paper's w1, w2, w3 for "All"
+
+
+# ---------------------------------------------------------------------------- dense
+def dense_scores(q: np.ndarray, p: np.ndarray) -> np.ndarray:
+    """Inner products of unit vectors: ``[Nq, H] × [Np, H] → [Nq, Np]`` (a ``[H]`` side gives 1-D)."""
+    return np.asarray(q) @ np.asarray(p).T
+
+
+# ---------------------------------------------------------------------------- lexical
+def lexical_matching_score(lw1: Any, lw2: Any) -> Any:
+    """``Σ_{t ∈ both} w1[t]·w2[t]`` over token-id dicts (str or int keys, not mixed).
+
+    dict × dict → float; list × list → ``[len1, len2]`` array (as the reference).
+    """
+    if isinstance(lw1, Mapping) and isinstance(lw2, Mapping):
+        if len(lw1) > len(lw2):
+            lw1, lw2 = lw2, lw1
+        return float(sum(float(w) * float(lw2[t]) for t, w in lw1.items() if t in lw2))
+    if isinstance(lw1, list | tuple) and isinstance(lw2, list | tuple):
+        return np.array([[lexical_matching_score(a, b) for b in lw2] for a in lw1], dtype=np.float64)
+    raise ValueError(
+        f"lexical weights must both be dicts or both lists of dicts, got {type(lw1).__name__} and "
+        f"{type(lw2).__name__}"
+    )
+
+
+def lexical_scores(q: LexicalWeights | Any, p: LexicalWeights | Any) -> np.ndarray:
+    """All-pairs lexical scores ``[Nq, Np]`` via sparse matmul (``LexicalWeights`` or CSR inputs)."""
+    qm = q.to_csr() if hasattr(q, "to_csr") else q
+    pm = p.to_csr() if hasattr(p, "to_csr") else p
+    return np.asarray((qm @ pm.T).todense(), dtype=np.float32)
+
+
+def lexical_pair_scores(q: LexicalWeights, p: LexicalWeights, qi: np.ndarray, pi: np.ndarray) -> np.ndarray:
+    """Lexical score of each pair ``(q[qi[k]], p[pi[k]])`` → ``[K]``, without the full matrix."""
+    qm, pm = q.to_csr()[qi], p.to_csr()[pi]
+    return np.asarray(qm.multiply(pm).sum(axis=1), dtype=np.float64).ravel()
+
+
+# ---------------------------------------------------------------------------- ColBERT
+def colbert_score(q: np.ndarray | torch.Tensor, p: np.ndarray | torch.Tensor) -> float:
+    """MaxSim of one pair: ``(1/n_q) Σ_i max_j q_i·p_j`` for ``q [n_q, D]``, ``p [n_p, D]``."""
+    qa, pa = np.asarray(q, dtype=np.float32), np.asarray(p, dtype=np.float32)
+    if len(qa) == 0 or len(pa) == 0:
+        return 0.0
+    return float((qa @ pa.T).max(axis=1).sum() / len(qa))
+
+
+def maxsim(
+    q: torch.Tensor,
+    q_mask: torch.Tensor,
+    p: torch.Tensor,
+    p_mask: torch.Tensor,
+    *,
+    pairwise: bool = False,
+    clamp_padding: bool = False,
+) -> torch.Tensor:
+    """Padded MaxSim. ``q [B, Lq, D]``, ``p [C, Lp, D]``, masks ``[B, Lq]`` / ``[C, Lp]`` (1 = real).
+
+    ``pairwise=False`` scores every query against every passage → ``[B, C]``;
+    ``pairwise=True`` (B == C) scores row b against row b → ``[B]``. Padded passage positions
+    are excluded from the max, unless ``clamp_padding=True``, which lets their zero vectors in
+    (score 0) exactly as the reference's batched code does. A query is divided by its real rows.
+    """
+    qm = q_mask.to(q.dtype)
+    denom = qm.sum(-1).clamp_min(1)
+    if pairwise:
+        sim = torch.einsum("bqd,bpd->bqp", q, p)
+        pm = p_mask.bool()[:, None, :]
+    else:
+        sim = torch.einsum("bqd,cpd->bcqp", q, p)
+        pm = p_mask.bool()[None, :, None, :]
+    if not clamp_padding:
+        sim = sim.masked_fill(~pm, float("-inf"))
+    best = sim.max(-1).values
+    if pairwise:
+        best = best.masked_fill(qm == 0, 0)
+        return best.sum(-1) / denom
+    best = best.masked_fill(qm[:, None, :] == 0, 0)
+    return best.sum(-1) / denom[:, None]
+
+
+# ---------------------------------------------------------------------------- fusion
+def weighted_sum(scores: Mapping[str, Any], weights: Mapping[str, float]) -> Any:
+    """``Σ w_m·s_m / Σ w_m`` over the modes named in ``weights`` (arrays or floats)."""
+    total = sum(weights.values())
+    if total == 0:
+        raise ValueError("weights sum to zero")
+    return sum(w * np.asarray(scores[m], dtype=np.float64) for m, w in weights.items()) / total
+
+
+def reciprocal_rank_fusion(
+    rankings: Sequence[Sequence[Hashable]], *, k: int = 60, weights: Sequence[float] | None = None
+) -> list[tuple[Hashable, float]]:
+    """RRF (Cormack et al. 2009): ``Σ_r w_r / (k + rank_r(d))`` with ranks from 1; best first.
+
+    Ties keep the order in which documents first appear in the rankings.
+    """
+    if weights is not None and len(weights) != len(rankings):
+        raise ValueError(f"{len(weights)} weights for {len(rankings)} rankings")
+    fused: dict[Hashable, float] = {}
+    for r, ranking in enumerate(rankings):
+        w = 1.0 if weights is None else float(weights[r])
+        for rank, doc in enumerate(ranking, start=1):
+            fused[doc] = fused.get(doc, 0.0) + w / (k + rank)
+    return sorted(fused.items(), key=lambda kv: -kv[1])
+
+
+def minmax_normalize(x: np.ndarray, axis: int = -1) -> np.ndarray:
+    """Scale to [0, 1] along ``axis``; a constant row becomes all zeros."""
+    x = np.asarray(x, dtype=np.float64)
+    lo, hi = x.min(axis=axis, keepdims=True), x.max(axis=axis, keepdims=True)
+    span = hi - lo
+    return np.where(span > 0, (x - lo) / np.where(span > 0, span, 1), 0.0)
+
+
+def zscore_normalize(x: np.ndarray, axis: int = -1) -> np.ndarray:
+    """Subtract the mean and divide by the standard deviation along ``axis`` (constant → zeros)."""
+    x = np.asarray(x, dtype=np.float64)
+    mu, sd = x.mean(axis=axis, keepdims=True), x.std(axis=axis, keepdims=True)
+    return np.where(sd > 0, (x - mu) / np.where(sd > 0, sd, 1), 0.0)
+
+
+# ---------------------------------------------------------------------------- pair scoring
+def compute_score(
+    model: M3Model,
+    pairs: Sequence[Sequence[str]] | Sequence[str],
+    *,
+    batch_size: int = 256,
+    max_query_length: int = 512,
+    max_passage_length: int = 512,
+    weights_for_different_modes: Sequence[float] | None = None,
+    flag_parity: bool = False,
+) -> dict[str, Any]:
+    """Score (query, passage) pairs with every mode, as the reference's ``compute_score``.
+
+    Returns ``{"colbert", "sparse", "dense", "sparse+dense", "colbert+sparse+dense"}``, each a
+    list of floats (a float when ``pairs`` is one pair). Weights are ``[dense, sparse, colbert]``
+    (default ``[1, 1, 1]``). Each distinct text is encoded once. ColBERT scores are exact per pair
+    (padding never enters the max), so they do not depend on ``batch_size``; ``flag_parity=True``
+    reproduces the reference's batch-dependent padding clamp instead.
+    """
+    if isinstance(pairs, str | bytes):
+        raise TypeError("pairs must be a (query, passage) pair or a list of pairs, not a single string")
+    if len(pairs) == 0:
+        return {k: [] for k in ("colbert", "sparse", "dense", "sparse+dense", "colbert+sparse+dense")}
+    single = isinstance(pairs[0], str)
+    plist = [pairs] if single else list(pairs)
+    for i, pair in enumerate(plist):
+        if not isinstance(pair, list | tuple) or len(pair) != 2:
+            raise TypeError(f"pair at index {i} is not a (query, passage) pair of two strings")
+        for j, t in enumerate(pair):
+            if not isinstance(t, str):
+                raise TypeError(f"pair at index {i}: {'query' if j == 0 else 'passage'} is {type(t).__name__}, "
+                                "expected str")
+    w = list(DEFAULT_WEIGHTS if weights_for_different_modes is None else weights_for_different_modes)
+    if len(w) != 3:
+        raise ValueError(f"weights_for_different_modes needs 3 values [dense, sparse, colbert], got {len(w)}")
+
+    queries, qi = np.unique(np.array([p[0] for p in plist], dtype=object), return_inverse=True)
+    passages, pi = np.unique(np.array([p[1] for p in plist], dtype=object), return_inverse=True)
+    kw = {"batch_size": batch_size, "return_dense": True, "return_sparse": True, "return_colbert": True}
+    qo = model.encode(list(queries), max_length=max_query_length, **kw)
+    po = model.encode(list(passages), max_length=max_passage_length, **kw)
+
+    dense = np.einsum("kh,kh->k", qo.dense[qi], po.dense[pi]).astype(np.float64)
+    sparse = lexical_pair_scores(qo.lexical, po.lexical, qi, pi)
+    colbert = _colbert_pairs(qo, po, qi, pi, batch_size, flag_parity)
+    scores: dict[str, Any] = {"colbert": colbert, "sparse": sparse, "dense": dense}
+    wd, ws, wc = w
+    scores["sparse+dense"] = (ws * sparse + wd * dense) / (ws + wd)
+    scores["colbert+sparse+dense"] = (wc * colbert + ws * sparse + wd * dense) / (wd + ws + wc)
+    if single:
+        return {k: float(v[0]) for k, v in scores.items()}
+    return {k: [float(x) for x in v] for k, v in scores.items()}
+
+
+def _colbert_pairs(qo, po, qi, pi, batch_size: int, flag_parity: bool) -> np.ndarray:
+    """ColBERT score of each pair, padded in chunks of ``batch_size`` pairs."""
+    k = len(qi)
+    out = np.empty(k, dtype=np.float64)
+    plen = po.colbert.lengths[pi]
+    # parity mode keeps the reference's chunks (input order); otherwise group similar lengths
+    order = np.arange(k) if flag_parity else np.argsort(-plen, kind="stable")
+    for s in range(0, k, batch_size):
+        idx = order[s : s + batch_size]
+        q, qmask = _pad([qo.colbert[i] for i in qi[idx]])
+        p, pmask = _pad([po.colbert[i] for i in pi[idx]])
+        out[idx] = maxsim(q, qmask, p, pmask, pairwise=True, clamp_padding=flag_parity).double().numpy()
+    return out
+
+
+def _pad(mats: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
+    lmax = max(1, max(len(m) for m in mats))
+    d = mats[0].shape[1]
+    arr = np.zeros((len(mats), lmax, d), dtype=np.float32)
+    mask = np.zeros((len(mats), lmax), dtype=bool)
+    for r, m in enumerate(mats):
+        arr[r, : len(m)] = m
+        mask[r, : len(m)] = True
+    return torch.from_numpy(arr), torch.from_numpy(mask)
+
+
+def convert_id_to_token(tokenizer: M3Tokenizer, lexical_weights: Any) -> Any:
+    """``{token id: w}`` → ``{token text: w}`` (``▁`` dropped, as ``tokenizer.decode([id])``).
+
+    Accepts a dict or a list of dicts; a one-element list is unwrapped, as in the reference.
+    Texts of different ids can coincide (e.g. ``▁a`` and ``a``); the later id wins, as in the reference.
+    """
+    if isinstance(lexical_weights, Mapping):
+        items = [lexical_weights]
+    elif isinstance(lexical_weights, list | tuple):
+        items = list(lexical_weights)
+    else:
+        raise TypeError(f"expected a dict or a list of dicts, got {type(lexical_weights).__name__}")
+    out = []
+    for i, lw in enumerate(items):
+        if not isinstance(lw, Mapping):
+            raise TypeError(f"item {i} is {type(lw).__name__}, expected a dict of token id → weight")
+        out.append({tokenizer.decode_id(int(t)): w for t, w in lw.items()})
+    return out[0] if len(out) == 1 else out
+
