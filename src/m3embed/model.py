@@ -102,6 +102,9 @@ class M3Model(nn.Module):
     def save_pretrained(self, directory: str | os.PathLike[str], *, safe_serialization: bool = True) -> None:
         """Write the bge-m3 layout: encoder + config, tokenizer, ``colbert_linear.pt``, ``sparse_linear.pt``.
 
+        The encoder goes to ``model.safetensors``, or to ``pytorch_model.bin`` (as BAAI/bge-m3)
+        with ``safe_serialization=False``.
+
         Files are written into a temporary sibling directory first and moved in one by one, so a
         failure never leaves a half-written file under ``directory``.
         """
@@ -109,7 +112,12 @@ class M3Model(nn.Module):
         target.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.tmp"))
         try:
-            self.backbone.save_pretrained(tmp, safe_serialization=safe_serialization)
+            if safe_serialization:
+                self.backbone.save_pretrained(tmp)
+            else:  # transformers 5 always writes safetensors; bge-m3 itself ships pytorch_model.bin
+                self.backbone.config.save_pretrained(tmp)
+                state = {k: v.detach().to("cpu").contiguous() for k, v in self.backbone.state_dict().items()}
+                torch.save(state, tmp / "pytorch_model.bin")
             self.tokenizer.save(tmp)
             ckpt.save_head(self.colbert_linear, tmp / ckpt.COLBERT_FILE)
             ckpt.save_head(self.sparse_linear, tmp / ckpt.SPARSE_FILE)
@@ -217,7 +225,15 @@ def _load_backbone(path: Path, config: PretrainedConfig, dtype: torch.dtype, att
 
     major_minor = tuple(int(x) for x in transformers.__version__.split(".")[:2])
     kwargs["dtype" if major_minor >= (4, 56) else "torch_dtype"] = dtype
+    from transformers.utils import logging as hf_logging
+
+    # transformers 5 draws a per-tensor "Loading weights" bar; keep the caller's setting otherwise
+    bars_were_off = hf_logging.is_progress_bar_enabled() is False
+    hf_logging.disable_progress_bar()
     try:
         return AutoModel.from_pretrained(path, **kwargs)
     except OSError as e:
         raise ckpt.CheckpointError(f"{path}: cannot load encoder weights ({e})") from e
+    finally:
+        if not bars_were_off:
+            hf_logging.enable_progress_bar()

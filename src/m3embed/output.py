@@ -42,7 +42,9 @@ class LexicalWeights:
 
     def to_csr(self) -> sp.csr_matrix:
         """``scipy.sparse.csr_matrix`` of shape ``[N, vocab_size]`` (float32; columns sorted)."""
-        m = sp.csr_matrix((self.weights, self.ids, self.indptr), shape=(len(self), self.vocab_size))
+        # copies: sort_indices() works in place and must not reorder our first-occurrence arrays
+        m = sp.csr_matrix((self.weights.copy(), self.ids.copy(), self.indptr.copy()),
+                          shape=(len(self), self.vocab_size))
         m.sort_indices()
         return m
 

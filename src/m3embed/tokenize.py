@@ -49,10 +49,12 @@ class M3Tokenizer:
         self.backend.no_padding()
         self.source = source
         ids = {}
-        for name, token in (("cls", "<s>"), ("eos", "</s>"), ("pad", "<pad>"), ("unk", "<unk>")):
-            tid = backend.token_to_id(token)
+        named = _special_tokens_map(source)
+        for name, keys, candidates in _SPECIALS:
+            tokens = [named[k] for k in keys if k in named] + list(candidates)
+            tid = next((t for t in map(backend.token_to_id, tokens) if t is not None), None)
             if tid is None:
-                raise ValueError(f"tokenizer {source or ''} has no {token!r} token; an XLM-R style vocabulary is required")
+                raise ValueError(f"tokenizer {source or ''}: no {name} token (tried {tokens})")
             ids[name] = tid
         self.special = SpecialIds(**ids)
 
@@ -82,10 +84,12 @@ class M3Tokenizer:
                 if src.is_file():
                     (directory / name).write_bytes(src.read_bytes())
         if not (directory / "special_tokens_map.json").exists():
-            (directory / "special_tokens_map.json").write_text(
-                json.dumps({"bos_token": "<s>", "cls_token": "<s>", "eos_token": "</s>", "sep_token": "</s>",
-                            "pad_token": "<pad>", "unk_token": "<unk>", "mask_token": "<mask>"})
-            )
+            tok = self.backend.id_to_token
+            sp = self.special
+            (directory / "special_tokens_map.json").write_text(json.dumps({
+                "bos_token": tok(sp.cls), "cls_token": tok(sp.cls), "eos_token": tok(sp.eos),
+                "sep_token": tok(sp.eos), "pad_token": tok(sp.pad), "unk_token": tok(sp.unk),
+            }))
 
     def decode_id(self, token_id: int) -> str:
         """The text of one token as ``tokenizer.decode([id])`` gives it (``▁`` dropped)."""
@@ -129,6 +133,23 @@ class M3Tokenizer:
         if n_cut:
             logger.info("truncated %d of %d texts to max_length=%d", n_cut, len(out), max_length)
         return out
+
+
+# (field, keys in special_tokens_map.json, fallbacks): XLM-R names first, then BERT's
+_SPECIALS = (
+    ("cls", ("cls_token", "bos_token"), ("<s>", "[CLS]")),
+    ("eos", ("sep_token", "eos_token"), ("</s>", "[SEP]")),
+    ("pad", ("pad_token",), ("<pad>", "[PAD]")),
+    ("unk", ("unk_token",), ("<unk>", "[UNK]")),
+)
+
+
+def _special_tokens_map(source: Path | None) -> dict[str, str]:
+    """Special token strings declared in ``special_tokens_map.json`` (missing file → empty)."""
+    if source is None or not (source / "special_tokens_map.json").is_file():
+        return {}
+    raw = json.loads((source / "special_tokens_map.json").read_text(encoding="utf-8"))
+    return {k: v["content"] if isinstance(v, dict) else v for k, v in raw.items() if isinstance(v, str | dict)}
 
 
 def _mcls_count(body_len: int) -> int:
