@@ -6,8 +6,8 @@ import shutil
 import numpy as np
 import pytest
 import torch
-
 from helpers import tiny_checkpoint
+
 from m3embed import CheckpointError, M3Model
 
 
@@ -87,14 +87,14 @@ def test_unknown_path_and_non_encoder_config(copy, tmp_path):
     cfg = json.loads((copy / "config.json").read_text())
     cfg.update(model_type="gpt2", architectures=["GPT2Model"])
     (copy / "config.json").write_text(json.dumps(cfg))
-    with pytest.raises(CheckpointError, match="gpt2.*not a bidirectional encoder"):
+    with pytest.raises(CheckpointError, match=r"gpt2.*not a bidirectional encoder"):
         M3Model.from_pretrained(copy)
     (copy / "config.json").unlink()
-    with pytest.raises(CheckpointError, match="no config.json"):
+    with pytest.raises(CheckpointError, match=r"no config\.json"):
         M3Model.from_pretrained(copy)
 
 
 def test_missing_tokenizer_is_an_error(copy):
     (copy / "tokenizer.json").unlink()
-    with pytest.raises(FileNotFoundError, match="no tokenizer.json"):
+    with pytest.raises(FileNotFoundError, match=r"no tokenizer\.json"):
         M3Model.from_pretrained(copy)

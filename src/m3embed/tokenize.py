@@ -128,7 +128,7 @@ class M3Tokenizer:
                         "pass truncation=True to cut it or raise max_length"
                     )
                 n_cut += 1
-                body = body[: limit - 1] + [self.special.eos]
+                body = [*body[: limit - 1], self.special.eos]
             out.append(_insert_mcls(body, self.special.cls) if mcls else [self.special.cls, *body])
         if n_cut:
             logger.info("truncated %d of %d texts to max_length=%d", n_cut, len(out), max_length)

@@ -1,62 +1,24 @@
-"""Command line: ``m3embed encode`` (more commands arrive with the index and training)."""
+"""``m3embed encode`` and ``m3embed random-checkpoint``."""
 
 from __future__ import annotations
 
-import logging
-import os
 import time
 from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
-from rich.logging import RichHandler
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="BGE M3 embeddings: dense, sparse, multi-vector.")
-console = Console(stderr=True)
-
-MODEL_ENV = "M3EMBED_MODEL"
-
-
-def _error(e: object) -> None:
-    # soft_wrap: an error naming a long path must stay on one line to be copy-pasted and grepped
-    console.print(f"[red]error:[/red] {e}", soft_wrap=True, markup=True, highlight=False)
-
-
-@app.callback()
-def _main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log details.")] = False) -> None:
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(message)s",
-                        handlers=[RichHandler(console=console, show_path=False)])
-    # the truncation count is worth showing even without -v
-    logging.getLogger("m3embed.tokenize").setLevel(logging.INFO)
-
-
-def _load_model(name: str | None, device: str | None, fp16: bool, fresh_heads: bool = False):
-    from .checkpoint import CheckpointError
-    from .model import M3Model
-
-    name = name or os.environ.get(MODEL_ENV)
-    if not name:
-        raise typer.BadParameter(f"no model given: pass --model DIR_OR_HUB_ID or set {MODEL_ENV}", param_hint="--model")
-    dtype = "fp16" if fp16 else None
-    if fp16 and (device or "cpu").startswith("cpu"):
-        raise typer.BadParameter("--fp16 needs a GPU device (fp16 on these CPUs is slow and lossy)", param_hint="--fp16")
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()  # a per-tensor "Loading weights" bar is noise on a CLI
-    try:
-        return M3Model.from_pretrained(name, device=device, dtype=dtype, fresh_heads=fresh_heads)
-    except (CheckpointError, FileNotFoundError) as e:
-        _error(e)
-        raise typer.Exit(2) from None
+from .app import MODEL_ENV, app, console, error, load_model
 
 
 @app.command()
 def encode(
     input: Annotated[Path, typer.Argument(help=".txt (one text per line) or .jsonl (a 'text' field per line)")],
     output: Annotated[Path, typer.Argument(help="Output .npz (arrays) or .jsonl (one object per text)")],
-    model: Annotated[str | None, typer.Option("--model", "-m", help=f"Checkpoint dir or hub id (env {MODEL_ENV})")] = None,
+    model: Annotated[
+        str | None, typer.Option("--model", "-m", help=f"Checkpoint dir or hub id (env {MODEL_ENV})")
+    ] = None,
     max_length: Annotated[int, typer.Option(help="Max tokens per text, specials included")] = 512,
     batch_size: Annotated[int, typer.Option(help="Texts per forward pass")] = 32,
     device: Annotated[str | None, typer.Option(help="cpu, cuda, cuda:1, … (default cpu)")] = None,
@@ -69,16 +31,16 @@ def encode(
     field: Annotated[str, typer.Option(help="JSON field holding the text")] = "text",
 ) -> None:
     """Encode a file of texts into dense / sparse / ColBERT representations."""
-    from .io import read_texts, write_jsonl, write_npz
+    from ..io import read_texts, write_jsonl, write_npz
 
     if output.suffix not in (".npz", ".jsonl"):
         raise typer.BadParameter(f"{output}: output must end in .npz or .jsonl", param_hint="OUTPUT")
     try:
         texts = read_texts(input, field=field)
     except (ValueError, FileNotFoundError, UnicodeDecodeError) as e:
-        _error(e)
+        error(e)
         raise typer.Exit(2) from None
-    m = _load_model(model, device, fp16)
+    m = load_model(model, device, fp16)
     start = time.perf_counter()
     with Progress(TextColumn("encoding"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=console, transient=True) as bar:
@@ -88,7 +50,7 @@ def encode(
                            return_sparse=sparse, return_colbert=colbert, mcls=mcls, truncation=truncate,
                            progress=lambda k: bar.advance(task, k))
         except ValueError as e:
-            _error(e)
+            error(e)
             raise typer.Exit(2) from None
     seconds = time.perf_counter() - start
     (write_npz if output.suffix == ".npz" else write_jsonl)(out, output)
@@ -108,12 +70,8 @@ def random_checkpoint(
     seed: int = 0,
 ) -> None:
     """Write a small seeded random checkpoint in the bge-m3 layout (for smoke tests and benchmarks)."""
-    from .testing import build_random_checkpoint
+    from ..testing import build_random_checkpoint
 
     build_random_checkpoint(out_dir, tokenizer, layers=layers, hidden=hidden, heads=heads, ffn=4 * hidden,
                             max_positions=max_positions, seed=seed)
     console.print(f"wrote {out_dir}")
-
-
-if __name__ == "__main__":  # pragma: no cover
-    app()
