@@ -5,9 +5,9 @@ import json
 
 import numpy as np
 import pytest
+from helpers import tiny_checkpoint
 from typer.testing import CliRunner
 
-from helpers import tiny_checkpoint
 from m3embed import M3Model
 from m3embed.cli import app
 

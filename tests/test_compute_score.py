@@ -2,8 +2,8 @@
 
 import numpy as np
 import pytest
-
 from helpers import tiny_checkpoint
+
 from m3embed import M3Model, colbert_score, lexical_matching_score
 
 KEYS = {"colbert", "sparse", "dense", "sparse+dense", "colbert+sparse+dense"}

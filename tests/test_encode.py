@@ -5,11 +5,10 @@ import logging
 import numpy as np
 import pytest
 import torch
+from helpers import tiny_checkpoint
 
 from m3embed import M3Model
 from m3embed.tokenize import MCLS_STRIDE
-
-from helpers import tiny_checkpoint
 
 TEXTS = [
     "Hello world! ",

@@ -2,8 +2,8 @@
 
 import numpy as np
 import pytest
-
 from helpers import tiny_checkpoint
+
 from m3embed import M3Model
 from m3embed.pool import EncodePool
 
