@@ -60,6 +60,27 @@ def lexical_pair_scores(q: LexicalWeights, p: LexicalWeights, qi: np.ndarray, pi
     return np.asarray(qm.multiply(pm).sum(axis=1), dtype=np.float64).ravel()
 
 
+def lexical_token_scores(
+    q_ids: torch.Tensor, q_weights: torch.Tensor, p_ids: torch.Tensor, p_weights: torch.Tensor
+) -> torch.Tensor:
+    """Lexical scores ``[B, C]`` from padded token ids and weights, differentiable.
+
+    ``q_ids/q_weights [B, Lq]``, ``p_ids/p_weights [C, Lp]``. Per text, a token's weight is the max
+    over its positions; the score sums ``w_q[t]·w_p[t]`` over shared tokens — the same value as the
+    vocabulary-space vectors of the reference, but over the ids present in the batch only
+    (``[B + C, U]``, U = distinct ids) instead of a ``[B, L, V]`` tensor. Callers zero the weights
+    of padding and of tokens that must not count (specials).
+    """
+    uniq, inv = torch.unique(torch.cat([q_ids.reshape(-1), p_ids.reshape(-1)]), return_inverse=True)
+    n_q = q_ids.numel()
+    dtype = torch.promote_types(q_weights.dtype, p_weights.dtype)
+    qv = q_weights.new_zeros((q_ids.shape[0], len(uniq)), dtype=dtype).scatter_reduce(
+        1, inv[:n_q].view(q_ids.shape), q_weights.to(dtype), reduce="amax")
+    pv = p_weights.new_zeros((p_ids.shape[0], len(uniq)), dtype=dtype).scatter_reduce(
+        1, inv[n_q:].view(p_ids.shape), p_weights.to(dtype), reduce="amax")
+    return qv @ pv.T
+
+
 # ---------------------------------------------------------------------------- ColBERT
 def colbert_score(q: np.ndarray | torch.Tensor, p: np.ndarray | torch.Tensor) -> float:
     """MaxSim of one pair: ``(1/n_q) Σ_i max_j q_i·p_j`` for ``q [n_q, D]``, ``p [n_p, D]``."""
@@ -101,6 +122,29 @@ def maxsim(
         return best.sum(-1) / denom
     best = best.masked_fill(qm[:, None, :] == 0, 0)
     return best.sum(-1) / denom[:, None]
+
+
+def maxsim_packed(q: np.ndarray, p: np.ndarray, p_offsets: np.ndarray) -> np.ndarray:
+    """MaxSim of one query ``q [n_q, D]`` against C passages packed as ``p [T, D]`` with
+    ``p_offsets [C+1]`` (passage c owns rows ``p_offsets[c]:p_offsets[c+1]``) → ``[C]`` float32.
+
+    Same value as :func:`colbert_score` per passage (an empty passage or query scores 0), with
+    one ``[n_q, T]`` matmul and no padding — what search re-ranking uses.
+    """
+    q = np.asarray(q, dtype=np.float32)
+    offsets = np.asarray(p_offsets, dtype=np.int64)
+    n = len(offsets) - 1
+    out = np.zeros(n, dtype=np.float32)
+    if len(q) == 0 or n == 0 or offsets[-1] == 0:
+        return out
+    sim = torch.from_numpy(q) @ torch.from_numpy(np.asarray(p, dtype=np.float32)).T  # [n_q, T]
+    lengths = torch.from_numpy(np.diff(offsets))
+    # segment max over each passage's columns; empty passages give -inf, zeroed below
+    best = torch.segment_reduce(sim.T.contiguous(), "max", lengths=lengths, axis=0, unsafe=True)  # [C, n_q]
+    scores = best.sum(1) / len(q)
+    scores[lengths == 0] = 0
+    out[:] = scores.numpy()
+    return out
 
 
 # ---------------------------------------------------------------------------- fusion
@@ -204,13 +248,32 @@ def _colbert_pairs(qo, po, qi, pi, batch_size: int, flag_parity: bool) -> np.nda
     out = np.empty(k, dtype=np.float64)
     plen = po.colbert.lengths[pi]
     # parity mode keeps the reference's chunks (input order); otherwise group similar lengths
-    order = np.arange(k) if flag_parity else np.argsort(-plen, kind="stable")
-    for s in range(0, k, batch_size):
-        idx = order[s : s + batch_size]
+    if flag_parity:
+        chunks = [np.arange(s, min(s + batch_size, k)) for s in range(0, k, batch_size)]
+    else:
+        chunks = _length_chunks(plen, batch_size, max_rows=_MAXSIM_ROWS)
+    for idx in chunks:
         q, qmask = _pad([qo.colbert[i] for i in qi[idx]])
         p, pmask = _pad([po.colbert[i] for i in pi[idx]])
         out[idx] = maxsim(q, qmask, p, pmask, pairwise=True, clamp_padding=flag_parity).double().numpy()
     return out
+
+
+# padded passage rows per ColBERT chunk: bounds the [B, Lq, Lp] similarity tensor when one long
+# passage would otherwise pad a whole batch of short ones
+_MAXSIM_ROWS = 256 * 512
+
+
+def _length_chunks(lengths: np.ndarray, batch_size: int, *, max_rows: int) -> list[np.ndarray]:
+    """Indices grouped longest first, each chunk ≤ ``batch_size`` items and ≤ ``max_rows`` padded rows."""
+    order = np.argsort(-lengths, kind="stable")
+    chunks, start = [], 0
+    while start < len(order):
+        longest = max(int(lengths[order[start]]), 1)
+        n = max(1, min(batch_size, max_rows // longest))
+        chunks.append(order[start : start + n])
+        start += n
+    return chunks
 
 
 def _pad(mats: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
