@@ -26,14 +26,20 @@ class CheckpointError(ValueError):
 
 
 def resolve(path_or_id: str | os.PathLike[str]) -> Path:
-    """A local directory for ``path_or_id``: the directory itself, or a hub snapshot.
+    """A local directory for ``path_or_id``: the directory itself, a named model, or a hub snapshot.
 
-    Hub ids (``"BAAI/bge-m3"``) need ``huggingface_hub`` and network access (or its cache).
+    Named models (``"m3embed-small"``, see ``m3embed.models.registry``) are assembled into a local
+    cache on first use. Hub ids (``"BAAI/bge-m3"``) need ``huggingface_hub`` and network access (or its cache).
     """
     path = Path(path_or_id).expanduser()
     if path.is_dir():
         return path
     name = str(path_or_id)
+    from .models.registry import resolve_named  # late import: the registry builds on this module
+
+    named = resolve_named(name)
+    if named is not None:
+        return named
     looks_local = name.startswith((".", "/", "~")) or os.sep in name.strip("/").replace("/", "", 1)
     if path.exists():
         raise CheckpointError(f"{path}: is a file; a checkpoint is a directory")
