@@ -66,11 +66,11 @@ def test_bad_jsonl_names_file_and_line(ckpt, tmp_path):
 
 
 def test_errors_for_model_output_and_truncation(ckpt, tmp_path, monkeypatch):
-    monkeypatch.delenv("M3EMBED_MODEL", raising=False)
     src = tmp_path / "in.txt"
     src.write_text("word " * 100)
+    monkeypatch.setenv("M3EMBED_MODEL", str(tmp_path / "env-model"))  # the env var is used when --model is absent
     r = runner.invoke(app, ["encode", str(src), str(tmp_path / "o.npz")])
-    assert r.exit_code != 0 and "no model given" in r.output
+    assert r.exit_code == 2 and "env-model: no such checkpoint" in r.output
     r = runner.invoke(app, ["encode", str(src), str(tmp_path / "o.csv"), "-m", str(ckpt)])
     assert r.exit_code != 0 and ".npz or .jsonl" in r.output
     r = runner.invoke(app, ["encode", str(src), str(tmp_path / "o.npz"), "-m", str(ckpt), "--max-length", "16",

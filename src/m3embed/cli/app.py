@@ -14,6 +14,7 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, help="BGE M3 embed
 console = Console(stderr=True)
 
 MODEL_ENV = "M3EMBED_MODEL"
+DEFAULT_MODEL = "m3embed-small"
 
 
 def error(e: object) -> None:
@@ -33,9 +34,8 @@ def load_model(name: str | None, device: str | None, fp16: bool, fresh_heads: bo
     from ..checkpoint import CheckpointError
     from ..model import M3Model
 
-    name = name or os.environ.get(MODEL_ENV)
-    if not name:
-        raise typer.BadParameter(f"no model given: pass --model DIR_OR_HUB_ID or set {MODEL_ENV}", param_hint="--model")
+    # the trained default model runs offline; BAAI/bge-m3 only when named (needs the hub)
+    name = name or os.environ.get(MODEL_ENV) or DEFAULT_MODEL
     dtype = "fp16" if fp16 else None
     if fp16 and (device or "cpu").startswith("cpu"):
         raise typer.BadParameter("--fp16 needs a GPU device (fp16 on these CPUs is slow and lossy)",
