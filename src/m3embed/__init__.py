@@ -18,12 +18,25 @@ from .scoring import (
 
 __version__ = "0.1.0"
 
+_LAZY = {"M3Trainer": "m3embed.train", "TrainConfig": "m3embed.train"}
+
+
+def __getattr__(name: str) -> object:
+    # training pulls in yaml and the data pipeline: import it only when asked for
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'm3embed' has no attribute {name!r}")
+
 __all__ = [
     "CheckpointError",
     "ColbertVectors",
     "LexicalWeights",
     "M3Model",
     "M3Output",
+    "M3Trainer",
+    "TrainConfig",
     "colbert_score",
     "compute_score",
     "dense_scores",
