@@ -1,13 +1,13 @@
 """Encode a few texts with all three representations and score query/passage pairs.
 
-Usage: python examples/quickstart.py MODEL_DIR_OR_HUB_ID
+Usage: python examples/quickstart.py [MODEL]   (default: m3embed-small, offline)
 """
 
 import sys
 
 from m3embed import M3Model
 
-model = M3Model.from_pretrained(sys.argv[1])
+model = M3Model.from_pretrained(sys.argv[1] if len(sys.argv) > 1 else "m3embed-small")
 passages = [
     "BGE M3 gives every text a dense vector, sparse lexical weights and ColBERT token vectors.",
     "Der Rhein ist einer der längsten Flüsse Europas.",

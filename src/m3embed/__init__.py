@@ -18,11 +18,19 @@ from .scoring import (
 
 __version__ = "0.1.0"
 
-_LAZY = {"M3Trainer": "m3embed.train", "TrainConfig": "m3embed.train"}
+_LAZY = {
+    "M3Trainer": "m3embed.train",
+    "TrainConfig": "m3embed.train",
+    "M3Index": "m3embed.index",
+    "SearchHit": "m3embed.index",
+    "IndexCorruptError": "m3embed.index",
+    "IndexLockedError": "m3embed.index",
+    "ModelMismatchError": "m3embed.index",
+}
 
 
 def __getattr__(name: str) -> object:
-    # training pulls in yaml and the data pipeline: import it only when asked for
+    # training and the index pull in yaml, faiss and the data pipeline: import them only when asked for
     if name in _LAZY:
         import importlib
 
@@ -32,10 +40,15 @@ def __getattr__(name: str) -> object:
 __all__ = [
     "CheckpointError",
     "ColbertVectors",
+    "IndexCorruptError",
+    "IndexLockedError",
     "LexicalWeights",
+    "M3Index",
     "M3Model",
     "M3Output",
     "M3Trainer",
+    "ModelMismatchError",
+    "SearchHit",
     "TrainConfig",
     "colbert_score",
     "compute_score",

@@ -132,18 +132,26 @@ def maxsim_packed(q: np.ndarray, p: np.ndarray, p_offsets: np.ndarray) -> np.nda
     one ``[n_q, T]`` matmul and no padding — what search re-ranking uses.
     """
     q = np.asarray(q, dtype=np.float32)
+    if len(q) == 0 or len(p) == 0:
+        return np.zeros(len(p_offsets) - 1, dtype=np.float32)
+    sim = (torch.from_numpy(q) @ torch.from_numpy(np.asarray(p, dtype=np.float32)).T).numpy()  # [n_q, T]
+    return maxsim_reduce(sim, p_offsets)
+
+
+def maxsim_reduce(sim: np.ndarray, p_offsets: np.ndarray) -> np.ndarray:
+    """``(1/n_q) Σ_i max_{j ∈ c} sim[i, j]`` for each passage c of ``p_offsets [C+1]`` → ``[C]`` float32.
+
+    ``sim [n_q, T]`` holds one query's token similarities to C packed passages (exact ones, or
+    approximate ones such as centroid scores); an empty passage scores 0.
+    """
     offsets = np.asarray(p_offsets, dtype=np.int64)
-    n = len(offsets) - 1
-    out = np.zeros(n, dtype=np.float32)
-    if len(q) == 0 or n == 0 or offsets[-1] == 0:
+    out = np.zeros(len(offsets) - 1, dtype=np.float32)
+    if sim.shape[0] == 0 or sim.shape[1] == 0:
         return out
-    sim = torch.from_numpy(q) @ torch.from_numpy(np.asarray(p, dtype=np.float32)).T  # [n_q, T]
-    lengths = torch.from_numpy(np.diff(offsets))
-    # segment max over each passage's columns; empty passages give -inf, zeroed below
-    best = torch.segment_reduce(sim.T.contiguous(), "max", lengths=lengths, axis=0, unsafe=True)  # [C, n_q]
-    scores = best.sum(1) / len(q)
-    scores[lengths == 0] = 0
-    out[:] = scores.numpy()
+    nonempty = np.diff(offsets) > 0
+    # reduceat over the starts of non-empty passages: each segment then ends where the next begins
+    best = np.maximum.reduceat(sim, offsets[:-1][nonempty], axis=1)  # [n_q, C_nonempty]
+    out[nonempty] = best.sum(0) / sim.shape[0]
     return out
 
 

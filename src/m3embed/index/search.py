@@ -1,0 +1,176 @@
+"""The paper's retrieval modes over an index (M3-REFERENCE §5), scored with :mod:`m3embed.scoring`.
+
+* ``dense`` — faiss top-k by ``e_q·e_p``;
+* ``sparse`` — inverted-index top-k by ``Σ w_q·w_p`` (documents with a positive score only);
+* ``multivec`` — dense top-``rerank_depth`` (200) re-ranked by ColBERT MaxSim;
+* ``dense+sparse`` — union of dense top-``dense_depth`` and sparse top-``sparse_depth`` (1000 each),
+  re-ranked by ``(w_d·s_d + w_s·s_s) / (w_d + w_s)``;
+* ``all`` — union of dense top-``dense_depth`` and sparse top-``sparse_depth`` (200 each),
+  re-ranked by ``(w_d·s_d + w_s·s_s + w_c·s_c) / (w_d + w_s + w_c)``;
+* ``rrf`` — reciprocal-rank fusion (k = 60) of the dense and sparse rankings (``dense_depth`` /
+  ``sparse_depth``, 1000 each) and, when the index has token vectors, the ``multivec`` ranking.
+
+With the ``residual`` token-vector codec, ColBERT re-ranking is two-stage as in PLAID: every
+candidate is first scored with its token vectors' centroids only (2 bytes per vector read), and
+only the best ``colbert_depth`` (default 64, at least k) by that fused score are decompressed and
+scored exactly; the other codecs score every candidate exactly.
+
+Weights are ``(w_dense, w_sparse, w_colbert)``, default the paper's ``(1, 0.3, 1)``; fused scores are
+``weighted_sum``'s normalised sums (the ranking is the paper's). A candidate missing from one
+list gets that mode's *exact* score, computed from the stored vectors — not 0 as in the paper's
+Pyserini scripts; exact scores are cheap here and make the fusion independent of list depths.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from ..output import M3Output
+from ..scoring import PAPER_WEIGHTS, maxsim_packed, reciprocal_rank_fusion, weighted_sum
+
+if TYPE_CHECKING:
+    from .core import M3Index
+
+MODES = ("dense", "sparse", "multivec", "dense+sparse", "all", "rrf")
+RRF_K = 60
+RESIDUAL_COLBERT_DEPTH = 64  # residual store: candidates decompressed after the centroid-only first stage
+DEPTHS = {  # mode → (dense_depth, sparse_depth, rerank_depth); None → k
+    "dense": (None, 0, 0),
+    "sparse": (0, None, 0),
+    "multivec": (0, 0, 200),
+    "dense+sparse": (1000, 1000, 0),
+    "all": (200, 200, 0),
+    "rrf": (1000, 1000, 200),
+}
+
+Hit = tuple[int, float, dict[str, float]]  # (row, score, component scores)
+
+
+def needs(mode: str, has_multivec: bool) -> set[str]:
+    """Query representations a mode uses: a subset of {"dense", "sparse", "colbert"}."""
+    return {"dense": {"dense"}, "sparse": {"sparse"}, "multivec": {"dense", "colbert"},
+            "dense+sparse": {"dense", "sparse"}, "all": {"dense", "sparse", "colbert"},
+            "rrf": {"dense", "sparse", "colbert"} if has_multivec else {"dense", "sparse"}}[mode]
+
+
+def run(index: M3Index, q: M3Output, k: int, mode: str, *, weights=None, dense_depth: int | None = None,
+        sparse_depth: int | None = None, rerank_depth: int | None = None,
+        colbert_depth: int | None = None) -> list[list[Hit]]:
+    """Rows, scores and component scores of the top-``k`` documents for each query, best first."""
+    w = tuple(float(x) for x in (PAPER_WEIGHTS if weights is None else weights))
+    if len(w) != 3:
+        raise ValueError(f"weights must be (dense, sparse, colbert), got {len(w)} values")
+    dd, sd, rd = DEPTHS[mode]
+    dd = _depth("dense_depth", dense_depth, dd, k)
+    sd = _depth("sparse_depth", sparse_depth, sd, k)
+    rd = _depth("rerank_depth", rerank_depth, rd, k)
+    cd = _colbert_depth(index, colbert_depth, k)
+    dd_rank = dd  # the dense list's own depth (rrf); the search may go deeper for the multivec list
+    if mode == "multivec":
+        dd = max(rd, k)
+    if mode == "rrf" and index.multivec is not None:
+        dd = max(dd, rd)
+    live = index.live_mask()
+    nq = len(q)
+    empty = (np.zeros(0, np.int64), np.zeros(0, np.float32))
+    dense_hits = _dense(index, q, dd, live) if dd else [empty] * nq
+    sparse_hits = _sparse(index, q, sd, live) if sd else [empty] * nq
+    out: list[list[Hit]] = []
+    for i in range(nq):
+        dh, sh = dense_hits[i], sparse_hits[i]
+        if mode == "dense":
+            hits = [(r, s, {"dense": s}) for r, s in zip(*dh, strict=True)]
+        elif mode == "sparse":
+            hits = [(r, s, {"sparse": s}) for r, s in zip(*sh, strict=True)]
+        elif mode == "multivec":
+            rows, comp = _with_colbert(index, q, i, dh[0][: max(rd, k)], {}, {"colbert": 1.0}, cd)
+            hits = _rank(rows, comp["colbert"], comp, k)
+        elif mode in ("dense+sparse", "all"):
+            rows = np.union1d(dh[0], sh[0])
+            comp = {"dense": index.dense.scores(q.dense[i], rows), "sparse": index.sparse.scores(q.lexical, i, rows)}
+            wts = {"dense": w[0], "sparse": w[1]}
+            if mode == "all":
+                wts["colbert"] = w[2]
+                rows, comp = _with_colbert(index, q, i, rows, comp, wts, cd)
+            hits = _rank(rows, weighted_sum(comp, wts), comp, k)
+        else:  # rrf
+            rankings = [dh[0][:dd_rank].tolist(), sh[0].tolist()]
+            if index.multivec is not None:
+                rows, comp = _with_colbert(index, q, i, dh[0][:rd], {}, {"colbert": 1.0}, cd)
+                rankings.append([r for r, _, _ in _rank(rows, comp["colbert"], comp, len(rows))])
+            fused = reciprocal_rank_fusion(rankings, k=RRF_K)[:k]
+            hits = [(int(r), float(s), {"rrf": float(s)}) for r, s in fused]
+        out.append([(int(r), float(s), {m: float(v) for m, v in c.items()}) for r, s, c in hits[:k]])
+    return out
+
+
+def _depth(name: str, given: int | None, default: int | None, k: int) -> int:
+    if given is None:
+        return k if default is None else (max(default, k) if default else 0)
+    if not isinstance(given, int | np.integer) or isinstance(given, bool) or given < 0:
+        raise ValueError(f"{name} must be a non-negative integer, got {given!r}")
+    return int(given)
+
+
+def _dense(index: M3Index, q: M3Output, depth: int, live: np.ndarray | None) -> list[tuple[np.ndarray, np.ndarray]]:
+    scores, rows = index.dense.search(q.dense, depth, live)
+    out = []
+    for s, r in zip(scores, rows, strict=True):
+        keep = r >= 0
+        r, s = r[keep].astype(np.int64), s[keep]
+        order = np.lexsort((r, -s))  # ties broken by row, as the sparse side
+        out.append((r[order], s[order]))
+    return out
+
+
+def _sparse(index: M3Index, q: M3Output, depth: int, live: np.ndarray | None) -> list[tuple[np.ndarray, np.ndarray]]:
+    return index.sparse.search(q.lexical, depth, live)
+
+
+def _colbert_depth(index: M3Index, given: int | None, k: int) -> int | None:
+    """How many candidates get decompressed ColBERT scores (``None``: all of them)."""
+    mv = index.multivec
+    if mv is None or mv.codec != "residual":
+        if given is not None:
+            _depth("colbert_depth", given, None, k)
+        return None  # no cheap first stage: every candidate is scored exactly
+    if given is None:
+        return max(RESIDUAL_COLBERT_DEPTH, k)
+    return max(_depth("colbert_depth", given, None, k), k)
+
+
+def _with_colbert(index: M3Index, q: M3Output, i: int, rows: np.ndarray, comp: dict[str, np.ndarray],
+                  wts: dict[str, float], depth: int | None) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Add ColBERT scores of ``rows`` to ``comp``; with a residual store and more than ``depth``
+    candidates, first keep the ``depth`` best by the fused score using centroid-only MaxSim (PLAID)."""
+    rows = np.asarray(rows, dtype=np.int64)
+    if depth is not None and len(rows) > depth:
+        approx = index.multivec.approx_scores(q.colbert[i], rows)
+        stage1 = weighted_sum({**comp, "colbert": approx}, wts)
+        keep = np.lexsort((rows, -np.asarray(stage1)))[:depth]
+        rows = rows[keep]
+        comp = {m: v[keep] for m, v in comp.items()}
+    return rows, {**comp, "colbert": _colbert(index, q, i, rows)}
+
+
+def _colbert(index: M3Index, q: M3Output, i: int, rows: np.ndarray) -> np.ndarray:
+    if index.multivec is None:
+        raise ValueError("this index has no token vectors (built with multivec='none'); "
+                         "use mode 'dense', 'sparse', 'dense+sparse' or 'rrf'")
+    rows = np.asarray(rows, dtype=np.int64)
+    if len(rows) == 0:
+        return np.zeros(0, np.float32)
+    order = np.argsort(rows, kind="stable")  # read the memory map in row order
+    cv = index.multivec.get(rows[order], scratch=True)  # consumed right below
+    scores = np.empty(len(rows), np.float32)
+    scores[order] = maxsim_packed(q.colbert[i], cv.data, cv.offsets)
+    return scores
+
+
+def _rank(rows: np.ndarray, scores: np.ndarray, comp: dict[str, np.ndarray], k: int) -> list[Hit]:
+    rows = np.asarray(rows, dtype=np.int64)
+    scores = np.asarray(scores, dtype=np.float64)
+    order = np.lexsort((rows, -scores))[:k]
+    return [(int(rows[j]), float(scores[j]), {m: float(v[j]) for m, v in comp.items()}) for j in order]
