@@ -41,12 +41,12 @@ def encode(
 ) -> M3Output:
     """Encode ``texts`` into dense ``[N, H]``, lexical weights and/or ColBERT matrices.
 
-    ``batch_size`` caps texts per forward and ``max_batch_tokens`` (default unbounded) caps
-    padded tokens per forward; ``max_length`` counts special tokens and may not exceed the
-    model's position table (8192 for bge-m3). ``mcls=True`` inserts a [CLS] every 256 tokens and
-    makes the dense vector the normalised mean of their states. ``progress`` is called with the
-    number of texts finished after each batch. ``return_colbert_vecs`` is the reference's name
-    for ``return_colbert``.
+    ``batch_size`` caps texts per forward and ``max_batch_tokens`` caps padded tokens per forward
+    (default unbounded, or the budget of an ``M3Model.optimize``-d model: 4096); ``max_length``
+    counts special tokens and may not exceed the model's position table (8192 for bge-m3).
+    ``mcls=True`` inserts a [CLS] every 256 tokens and makes the dense vector the normalised mean
+    of their states. ``progress`` is called with the number of texts finished after each batch.
+    ``return_colbert_vecs`` is the reference's name for ``return_colbert``.
     """
     if return_colbert_vecs is not None:
         return_colbert = return_colbert_vecs
@@ -60,6 +60,8 @@ def encode(
         raise ValueError(
             f"max_length={max_length} exceeds the model's position limit of {model.max_positions} tokens"
         )
+    if max_batch_tokens is None:  # a model optimised by m3embed.accel brings its own token budget
+        max_batch_tokens = getattr(model.__dict__.get("_accel"), "max_batch_tokens", None)
     ids = model.tokenizer.tokenize(items, max_length=max_length, truncation=truncation, mcls=mcls)
     out = _encode_ids(model, ids, batch_size=batch_size, max_batch_tokens=max_batch_tokens,
                       dense=return_dense, sparse=return_sparse, colbert=return_colbert, mcls=mcls,

@@ -1,0 +1,309 @@
+"""Encode throughput: m3embed ``encode`` vs FlagEmbedding's ``BGEM3FlagModel.encode``.
+
+Both engines encode the same real passages (a seeded mix of XQuAD-R paragraphs in 11 languages,
+JSQuAD, PubMedQA abstracts, QMSum transcript windows and short queries from ``shared/data``)
+with dense + sparse + ColBERT outputs, the same batch size and max length, on CPU, with the
+same number of torch threads, from the same random checkpoint of XLM-R-base shape. Each engine
+(and each of our precision modes) runs in its own subprocess, so peak RSS is per engine.
+
+Run it in the reference's environment (FlagEmbedding needs transformers < 5)::
+
+    /work/refvenv/bin/python benchmarks/encode_bench.py --n 1000
+
+``src/`` is put on the children's ``PYTHONPATH``, so m3embed need not be installed there.
+Reported per engine: load time, the first (cold) call on a small warm-up set, the timed call,
+non-pad tokens/s of the timed call, peak RSS; per fast mode, the deviation of every
+representation from our fp32 output; for our fp32, the deviation from the reference.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_DATA = Path("/work/shared/data")
+DEFAULT_TOKENIZER = Path("/work/shared/reference/xlmr-tokenizer")
+DEFAULT_CKPT = Path("~/.cache/m3embed/bench").expanduser()
+SHAPE = {"layers": 12, "hidden": 768, "heads": 12, "ffn": 3072, "max_positions": 8194}
+
+# fraction of the passages drawn from each source (the rest are short queries)
+MIX = {"xquad_r": 0.40, "jsquad_ja": 0.12, "pubmedqa_en": 0.18, "qmsum_window": 0.10, "query": 0.20}
+
+
+# ---------------------------------------------------------------------------------- data
+def _read_jsonl(path: Path) -> list[dict]:
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def _doc_text(d: dict) -> str:
+    return f"{d['title']} {d['text']}".strip() if d.get("title") else d["text"]
+
+
+def select_texts(n: int, seed: int = 0, data: Path = DEFAULT_DATA) -> list[str]:
+    """``n`` passages in the fixed mix ``MIX``, chosen and shuffled deterministically from ``seed``."""
+    rng = random.Random(seed)
+    counts = {k: round(v * n) for k, v in MIX.items()}
+    counts["query"] = n - sum(c for k, c in counts.items() if k != "query")
+    texts: list[str] = []
+    xq = _read_jsonl(data / "xquad_r/paragraph/all_languages/corpus.jsonl")
+    texts += [_doc_text(d) for d in rng.sample(xq, counts["xquad_r"])]
+    js = _read_jsonl(data / "jsquad_ja/corpus.jsonl")
+    texts += [_doc_text(d) for d in rng.sample(js, counts["jsquad_ja"])]
+    pm = _read_jsonl(data / "pubmedqa_en/corpus.jsonl")
+    texts += [_doc_text(d) for d in rng.sample(pm, counts["pubmedqa_en"])]
+    meetings = _read_jsonl(data / "qmsum_longdoc/corpus.jsonl")
+    for _ in range(counts["qmsum_window"]):  # a window of 500-4000 characters starting on a turn
+        lines = rng.choice(meetings)["text"].split("\n")
+        start, size = rng.randrange(len(lines)), rng.randint(500, 4000)
+        window, i = "", start
+        while i < len(lines) and len(window) < size:
+            window += lines[i] + "\n"
+            i += 1
+        texts.append(window.strip())
+    queries = []
+    for folder in ("xquad_r/paragraph/all_languages", "jsquad_ja", "pubmedqa_en", "qmsum_longdoc"):
+        queries += [q["text"] for q in _read_jsonl(data / folder / "queries.jsonl")]
+    texts += rng.sample(queries, counts["query"])
+    rng.shuffle(texts)
+    return texts
+
+
+def ensure_checkpoint(path: Path, tokenizer: Path) -> Path:
+    if not (path / "config.json").exists():
+        from m3embed.testing import build_random_checkpoint
+
+        print(f"building the random checkpoint in {path} ...", flush=True)
+        build_random_checkpoint(path, tokenizer, **SHAPE)
+    return path
+
+
+# ---------------------------------------------------------------------------------- workers
+def _peak_rss_mib() -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+
+def _busy_cpu_s() -> float | None:
+    """Machine-wide non-idle CPU seconds so far (Linux /proc/stat), None elsewhere."""
+    try:
+        with open("/proc/stat") as f:
+            v = [int(x) for x in f.readline().split()[1:9]]
+    except OSError:
+        return None
+    return (sum(v) - v[3] - v[4]) / os.sysconf("SC_CLK_TCK")
+
+
+def _save_outputs(out_dir: Path, dense, lex_indptr, lex_ids, lex_w, col_data, col_offsets) -> None:
+    np.savez(out_dir / "outputs.npz", dense=dense, lex_indptr=lex_indptr, lex_ids=lex_ids, lex_w=lex_w,
+             col_data=col_data, col_offsets=col_offsets)
+
+
+def _worker(args: argparse.Namespace) -> None:
+    import torch
+
+    torch.set_num_threads(args.threads)
+    texts = json.loads(Path(args.texts).read_text(encoding="utf-8"))
+    warm = texts[: args.warmup]
+    out_dir = Path(args.out)
+    stats: dict = {"engine": args.worker, "threads": torch.get_num_threads()}
+    kw = {"batch_size": args.batch_size, "max_length": args.max_length}
+    t0 = time.perf_counter()
+    if args.worker == "reference":
+        from FlagEmbedding import BGEM3FlagModel
+
+        model = BGEM3FlagModel(str(args.checkpoint), use_fp16=False, devices="cpu")
+
+        def run(xs):
+            return model.encode(xs, return_dense=True, return_sparse=True, return_colbert_vecs=True, **kw)
+    else:
+        from m3embed import M3Model
+
+        mode = args.worker.split(":", 1)[1]
+        model = M3Model.from_pretrained(args.checkpoint, precision=None if mode == "default" else mode)
+
+        def run(xs):
+            return model.encode(xs, return_dense=True, return_sparse=True, return_colbert=True, **kw)
+    stats["load_s"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    run(warm)
+    stats["cold_call_s"] = time.perf_counter() - t0
+    rusage0, busy0 = os.times(), _busy_cpu_s()
+    t0 = time.perf_counter()
+    out = run(texts)
+    stats["encode_s"] = time.perf_counter() - t0
+    rusage1, busy1 = os.times(), _busy_cpu_s()
+    stats["cpu_user_s"] = rusage1.user - rusage0.user
+    stats["cpu_sys_s"] = rusage1.system - rusage0.system
+    # CPU time other processes took on this machine during the timed call, in cores (0 = quiet)
+    own = stats["cpu_user_s"] + stats["cpu_sys_s"]
+    stats["foreign_cores"] = max(0.0, (busy1 - busy0) - own) / stats["encode_s"] if busy0 is not None else None
+    stats["peak_rss_mib"] = _peak_rss_mib()
+    if args.worker == "reference":
+        dense = np.asarray(out["dense_vecs"], dtype=np.float32)
+        lex = out["lexical_weights"]
+        indptr = np.concatenate([[0], np.cumsum([len(d) for d in lex])]).astype(np.int64)
+        ids = np.array([int(k) for d in lex for k in d], dtype=np.int64)
+        ws = np.array([float(v) for d in lex for v in d.values()], dtype=np.float32)
+        cols = out["colbert_vecs"]
+        col_offsets = np.concatenate([[0], np.cumsum([len(c) for c in cols])]).astype(np.int64)
+        col_data = np.concatenate(cols).astype(np.float32)
+        _save_outputs(out_dir, dense, indptr, ids, ws, col_data, col_offsets)
+    else:
+        _save_outputs(out_dir, out.dense, out.lexical.indptr, out.lexical.ids, out.lexical.weights,
+                      out.colbert.data, out.colbert.offsets)
+        stats["n_tokens"] = int(np.sum(out.n_tokens))
+    (out_dir / "stats.json").write_text(json.dumps(stats))
+
+
+# ---------------------------------------------------------------------------------- comparison
+def _load(d: Path) -> dict:
+    with np.load(d / "outputs.npz") as z:
+        return {k: z[k] for k in z.files}
+
+
+def deviations(a: dict, b: dict) -> dict:
+    """Deviation of outputs ``a`` from ``b`` (same texts, same order)."""
+    da, db = a["dense"].astype(np.float64), b["dense"].astype(np.float64)
+    cos = np.sum(da * db, 1) / (np.linalg.norm(da, axis=1) * np.linalg.norm(db, axis=1))
+    res = {"dense_cos_min": float(cos.min()), "dense_cos_mean": float(cos.mean()),
+           "dense_max_abs": float(np.abs(da - db).max())}
+    # sparse: per text, union of token ids (a missing id has weight 0)
+    worst, key_diff = 0.0, 0
+    for i in range(len(a["lex_indptr"]) - 1):
+        sa, sb = slice(a["lex_indptr"][i], a["lex_indptr"][i + 1]), slice(b["lex_indptr"][i], b["lex_indptr"][i + 1])
+        wa = dict(zip(a["lex_ids"][sa].tolist(), a["lex_w"][sa].tolist(), strict=True))
+        wb = dict(zip(b["lex_ids"][sb].tolist(), b["lex_w"][sb].tolist(), strict=True))
+        key_diff += len(wa.keys() ^ wb.keys())
+        for k in wa.keys() | wb.keys():
+            worst = max(worst, abs(wa.get(k, 0.0) - wb.get(k, 0.0)))
+    res["sparse_max_abs"] = worst
+    res["sparse_key_diff"] = key_diff
+    if np.array_equal(a["col_offsets"], b["col_offsets"]):
+        ca, cb = a["col_data"].astype(np.float64), b["col_data"].astype(np.float64)
+        res["colbert_max_abs"] = float(np.abs(ca - cb).max()) if len(ca) else 0.0
+        res["colbert_cos_min"] = float(np.sum(ca * cb, 1).min()) if len(ca) else 1.0
+    else:
+        res["colbert_max_abs"] = float("nan")
+        res["colbert_cos_min"] = float("nan")
+    return res
+
+
+# ---------------------------------------------------------------------------------- driver
+def _run_engine(engine: str, args: argparse.Namespace, texts_file: Path, work: Path) -> tuple[dict, Path]:
+    out = work / engine.replace(":", "_")
+    out.mkdir()
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO / "src"), *filter(None, [env.get("PYTHONPATH")])])
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        env[var] = str(args.threads)
+    env.setdefault("TOKENIZERS_PARALLELISM", "false")
+    python = args.ours_python if engine != "reference" and args.ours_python else sys.executable
+    cmd = [python, str(Path(__file__).resolve()), "--worker", engine, "--texts", str(texts_file),
+           "--out", str(out), "--checkpoint", str(args.checkpoint), "--threads", str(args.threads),
+           "--batch-size", str(args.batch_size), "--max-length", str(args.max_length),
+           "--warmup", str(args.warmup)]
+    print(f"running {engine} ...", flush=True)
+    with open(out / "log.txt", "w") as log:
+        rc = subprocess.run(cmd, env=env, stdout=log, stderr=subprocess.STDOUT).returncode
+    if rc != 0:
+        sys.stdout.write((out / "log.txt").read_text()[-4000:])
+        raise SystemExit(f"{engine} failed with exit code {rc}")
+    return json.loads((out / "stats.json").read_text()), out
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--n", type=int, default=1000, help="number of passages (default 1000)")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--max-length", type=int, default=512)
+    p.add_argument("--modes", default="default,fp32,bf16,int8",
+                   help="comma-separated m3embed modes: 'default' (plain transformers forward, fp32) "
+                        "or a precision of M3Model.optimize (fp32, bf16, int8); 'default' always runs "
+                        "first and the deviations of the others are measured against it")
+    p.add_argument("--reference", action=argparse.BooleanOptionalAction, default=True,
+                   help="also run FlagEmbedding (default on)")
+    p.add_argument("--threads", type=int, default=2, help="torch threads per engine (default 2)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the passage selection")
+    p.add_argument("--warmup", type=int, default=40, help="texts in the untimed first call (default 40)")
+    p.add_argument("--checkpoint", type=Path, default=DEFAULT_CKPT, help="random checkpoint (built if absent)")
+    p.add_argument("--tokenizer", type=Path, default=DEFAULT_TOKENIZER)
+    p.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    p.add_argument("--ours-python", default=None, help="interpreter for the m3embed engines (default: this one)")
+    p.add_argument("--json", type=Path, default=None, help="also write the results here")
+    # internal: one engine in a child process
+    p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--texts", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--out", default=None, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.worker:
+        _worker(args)
+        return
+
+    sys.path.insert(0, str(REPO / "src"))
+    ensure_checkpoint(args.checkpoint, args.tokenizer)
+    texts = select_texts(args.n, args.seed, args.data)
+    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    if "default" not in modes:
+        modes.insert(0, "default")
+    modes.sort(key=lambda m: m != "default")
+    engines = ([] if not args.reference else ["reference"]) + [f"m3embed:{m}" for m in modes]
+
+    with tempfile.TemporaryDirectory(prefix="m3bench") as tmp:
+        work = Path(tmp)
+        texts_file = work / "texts.json"
+        texts_file.write_text(json.dumps(texts, ensure_ascii=False), encoding="utf-8")
+        results, dirs = {}, {}
+        for e in engines:
+            results[e], dirs[e] = _run_engine(e, args, texts_file, work)
+        n_tokens = results["m3embed:default"]["n_tokens"]
+        base = _load(dirs["m3embed:default"])
+        for e in engines:
+            if e == "m3embed:default":
+                if args.reference:
+                    results[e]["deviation_vs_reference"] = deviations(base, _load(dirs["reference"]))
+            elif e != "reference":
+                results[e]["deviation_vs_fp32"] = deviations(_load(dirs[e]), base)
+
+    ref_tps = n_tokens / results["reference"]["encode_s"] if args.reference else None
+    print(f"\n{args.n} passages, {n_tokens} non-pad tokens (max_length {args.max_length}), batch size "
+          f"{args.batch_size}, {args.threads} threads, dense + sparse + ColBERT, CPU")
+    print(f"{'engine':24s} {'load s':>7s} {'cold s':>7s} {'encode s':>9s} {'tokens/s':>9s} {'vs ref':>7s} "
+          f"{'peak RSS MiB':>13s} {'busy cores':>10s}")
+    for e in engines:
+        r = results[e]
+        tps = n_tokens / r["encode_s"]
+        r["tokens_per_s"] = tps
+        ratio = f"{tps / ref_tps:7.2f}" if ref_tps else "      -"
+        r["ratio_vs_reference"] = tps / ref_tps if ref_tps else None
+        fc = r.get("foreign_cores")
+        print(f"{e:24s} {r['load_s']:7.1f} {r['cold_call_s']:7.1f} {r['encode_s']:9.1f} {tps:9.0f} {ratio} "
+              f"{r['peak_rss_mib']:13.0f} {'-' if fc is None else f'{fc:.2f}':>10s}")
+    print("(busy cores: CPU other processes used during the timed call; > 0.1 means the timing is disturbed)")
+    print("\ndeviations (dense cos min / max abs of dense, sparse weights, ColBERT; sparse keys differing)")
+    for e in engines:
+        dev = results[e].get("deviation_vs_fp32") or results[e].get("deviation_vs_reference")
+        if dev:
+            against = "default" if "deviation_vs_fp32" in results[e] else "reference"
+            print(f"{e:24s} vs {against:9s}: cos_min {dev['dense_cos_min']:.6f}  dense {dev['dense_max_abs']:.2e}  "
+                  f"sparse {dev['sparse_max_abs']:.2e}  colbert {dev['colbert_max_abs']:.2e}  "
+                  f"keys {dev['sparse_key_diff']}")
+    if args.json:
+        meta = {"n": args.n, "n_tokens": n_tokens, "batch_size": args.batch_size, "max_length": args.max_length,
+                "threads": args.threads, "seed": args.seed}
+        args.json.write_text(json.dumps({"meta": meta, "results": results}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
