@@ -8,7 +8,7 @@ same number of torch threads, from the same random checkpoint of XLM-R-base shap
 
 Run it in the reference's environment (FlagEmbedding needs transformers < 5)::
 
-    /work/refvenv/bin/python benchmarks/encode_bench.py --n 1000
+    REFPY benchmarks/encode_bench.py --n 1000
 
 ``src/`` is put on the children's ``PYTHONPATH``, so m3embed need not be installed there.
 Reported per engine: load time, the first (cold) call on a small warm-up set, the timed call,
@@ -31,8 +31,8 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-DEFAULT_DATA = Path("/work/shared/data")
-DEFAULT_TOKENIZER = Path("/work/shared/reference/xlmr-tokenizer")
+DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"  # ../shared beside the repo
+DEFAULT_TOKENIZER = Path(__file__).resolve().parents[2] / "shared" / "reference" / "xlmr-tokenizer"
 DEFAULT_CKPT = Path("~/.cache/m3embed/bench").expanduser()
 SHAPE = {"layers": 12, "hidden": 768, "heads": 12, "ffn": 3072, "max_positions": 8194}
 

@@ -17,8 +17,8 @@ budget (default 8 GiB).
 Run with the reference's interpreter (FlagEmbedding needs transformers < 5); ``src/`` goes on the
 children's ``PYTHONPATH``::
 
-    /work/refvenv/bin/python benchmarks/train_bench.py compare --steps 6
-    /work/refvenv/bin/python benchmarks/train_bench.py memory --batches 1 2 4 8
+    REFPY benchmarks/train_bench.py compare --steps 6
+    REFPY benchmarks/train_bench.py memory --batches 1 2 4 8
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-DEFAULT_TOKENIZER = Path("/work/shared/reference/xlmr-tokenizer")
+DEFAULT_TOKENIZER = Path(__file__).resolve().parents[2] / "shared" / "reference" / "xlmr-tokenizer"
 DEFAULT_WORK = REPO / ".cache" / "train_bench"
 WORDS = ("the", "of", "and", "to", "in", "is", "was", "for", "on", "that", "with", "as", "by", "at", "from", "his",
          "an", "were", "are", "which", "this", "be", "or", "has", "had", "not", "first", "one", "their", "its",

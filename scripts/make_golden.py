@@ -2,7 +2,7 @@
 
 Run it in the *reference* environment, not the project's:
 
-    /work/refvenv/bin/python scripts/make_golden.py [--shared DIR] [--out tests/golden]
+    REFPY scripts/make_golden.py [--shared DIR] [--out tests/golden]
 
 Requirements (checked at start, the script stops with a message otherwise):
 FlagEmbedding==1.4.2, transformers>=4.56,<5 (FlagEmbedding 1.4.2 cannot be imported under
@@ -54,7 +54,7 @@ SCORE_KEYS = ["colbert", "sparse", "dense", "sparse+dense", "colbert+sparse+dens
 
 def _fail(msg: str) -> None:
     sys.exit(f"make_golden.py: {msg}\nRun it with the reference venv: FlagEmbedding==1.4.2, "
-             "transformers>=4.56,<5, datasets<4 (e.g. /work/refvenv/bin/python scripts/make_golden.py)")
+             "transformers>=4.56,<5, datasets<4 (e.g. REFPY scripts/make_golden.py)")
 
 
 def check_versions() -> dict[str, str]:

@@ -7,7 +7,7 @@ mode (unified fine-tuning, self-distillation from step 0, temperature 0.02) agai
 the two losses and the largest gradient difference per parameter group. Needs the reference's
 environment::
 
-    PYTHONPATH=src /work/refvenv/bin/python scripts/train_parity.py [--write-golden tests/golden/train_loss.json]
+    PYTHONPATH=src REFPY scripts/train_parity.py [--write-golden tests/golden/train_loss.json]
 
 ``--write-golden`` stores the inputs, FlagEmbedding's losses and gradients, for
 ``tests/test_train_parity.py`` (which runs without FlagEmbedding).

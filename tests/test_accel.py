@@ -7,13 +7,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import tokenizer_dir
 
 from m3embed import M3Model
 from m3embed.accel import PRECISIONS, FastEncoder
 from m3embed.testing import build_random_checkpoint
 
-TOKENIZER = Path("/work/shared/reference/xlmr-tokenizer")
-pytestmark = pytest.mark.skipif(not TOKENIZER.exists(), reason="reference tokenizer not available")
+TOKENIZER = tokenizer_dir()  # ../shared beside the repo (or $M3EMBED_SHARED); missing → tests fail loudly
 
 TEXTS = [
     "What is the capital of France?",
