@@ -2,24 +2,14 @@
 
 from __future__ import annotations
 
-import json
-
 import pytest
-from helpers import tiny_checkpoint
-from train_common import one_thread, word_texts  # noqa: F401  (one_thread: autouse fixture)
+from train_common import one_thread, write_tiny_train_set  # noqa: F401  (one_thread: autouse fixture)
 from typer.testing import CliRunner
 
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    root = tmp_path_factory.mktemp("cli")
-    ckpt = tiny_checkpoint(root / "ckpt")
-    texts = word_texts(60, 3, 3, 14)
-    with open(root / "train.jsonl", "w") as f:
-        for i in range(10):
-            f.write(json.dumps({"query": f"{texts[i][:20]} {i}", "pos": [texts[10 + i]],
-                                "neg": texts[20 + 4 * i : 24 + 4 * i]}) + "\n")
-    return root, ckpt
+    return write_tiny_train_set(tmp_path_factory.mktemp("cli"))
 
 
 def test_cli_train_and_bad_data(setup, tmp_path):

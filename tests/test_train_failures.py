@@ -9,8 +9,7 @@ import logging
 
 import pytest
 import torch
-from helpers import tiny_checkpoint
-from train_common import one_thread, word_texts  # noqa: F401  (one_thread: autouse fixture)
+from train_common import one_thread, tiny_config, write_tiny_train_set  # noqa: F401  (one_thread: autouse fixture)
 
 from m3embed import M3Model
 from m3embed.train import ConfigError, M3Trainer, NonFiniteLossError, TrainConfig
@@ -29,21 +28,11 @@ def fresh(base_model):
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    root = tmp_path_factory.mktemp("fail")
-    ckpt = tiny_checkpoint(root / "ckpt")
-    texts = word_texts(60, 3, 3, 14)
-    with open(root / "train.jsonl", "w") as f:
-        for i in range(10):
-            f.write(json.dumps({"query": f"{texts[i][:20]} {i}", "pos": [texts[10 + i]],
-                                "neg": texts[20 + 4 * i : 24 + 4 * i]}) + "\n")
-    return root, ckpt
+    return write_tiny_train_set(tmp_path_factory.mktemp("fail"))
 
 
 def _cfg(setup, out, **kw):
-    root, ckpt = setup
-    args = dict(model=str(ckpt), train_data=[str(root / "train.jsonl")], output_dir=str(root / out), group_size=3,
-                batch_size=2, max_steps=2, learning_rate=1e-4, progress=False, plot=False) | kw
-    return TrainConfig(**args)
+    return tiny_config(*setup, out, **kw)
 
 
 def test_nan_loss_stops_with_step_and_batch_and_keeps_the_checkpoint(setup):

@@ -7,30 +7,20 @@ import json
 
 import pytest
 import torch
-from helpers import tiny_checkpoint
-from train_common import one_thread, word_texts  # noqa: F401  (one_thread: autouse fixture)
+from train_common import one_thread, tiny_config, write_tiny_train_set  # noqa: F401  (one_thread: autouse fixture)
 
 from m3embed import M3Model
-from m3embed.train import ConfigError, M3Trainer, TrainConfig
+from m3embed.train import ConfigError, M3Trainer
 
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    root = tmp_path_factory.mktemp("stages")
-    ckpt = tiny_checkpoint(root / "ckpt")
-    texts = word_texts(60, 3, 3, 14)
-    with open(root / "train.jsonl", "w") as f:
-        for i in range(10):
-            f.write(json.dumps({"query": f"{texts[i][:20]} {i}", "pos": [texts[10 + i]],
-                                "neg": texts[20 + 4 * i : 24 + 4 * i]}) + "\n")
+    root, ckpt = write_tiny_train_set(tmp_path_factory.mktemp("stages"))
     return root, ckpt, M3Model.from_pretrained(ckpt)
 
 
 def _cfg(setup, out, **kw):
-    root, ckpt, _ = setup
-    args = dict(model=str(ckpt), train_data=[str(root / "train.jsonl")], output_dir=str(root / out), group_size=3,
-                batch_size=2, max_steps=2, learning_rate=1e-4, progress=False, plot=False) | kw
-    return TrainConfig(**args)
+    return tiny_config(setup[0], setup[1], out, **kw)
 
 
 @pytest.mark.parametrize("stage", ["fix_encoder", "dense"])

@@ -26,3 +26,27 @@ def word_texts(n: int, seed: int, lo: int, hi: int) -> list[str]:
         k = int(torch.randint(lo, hi, (1,), generator=g))
         out.append(" ".join(WORDS[int(i)] for i in torch.randint(len(WORDS), (k,), generator=g)))
     return out
+
+
+def write_tiny_train_set(root, name: str = "train.jsonl", rows: int = 10):
+    """A tiny checkpoint in ``root/ckpt`` and ``rows`` training rows (1 positive, 4 negatives) → (root, ckpt)."""
+    import json
+
+    from helpers import tiny_checkpoint
+
+    ckpt = tiny_checkpoint(root / "ckpt")
+    texts = word_texts(60, 3, 3, 14)
+    with open(root / name, "w") as f:
+        for i in range(rows):
+            f.write(json.dumps({"query": f"{texts[i][:20]} {i}", "pos": [texts[10 + i]],
+                                "neg": texts[20 + 4 * i : 24 + 4 * i]}) + "\n")
+    return root, ckpt
+
+
+def tiny_config(root, ckpt, out: str, **kw):
+    """A 2-step, batch-2, group-3 ``TrainConfig`` on ``write_tiny_train_set``'s data (overrides in ``kw``)."""
+    from m3embed.train import TrainConfig
+
+    args = dict(model=str(ckpt), train_data=[str(root / "train.jsonl")], output_dir=str(root / out), group_size=3,
+                batch_size=2, max_steps=2, learning_rate=1e-4, progress=False, plot=False) | kw
+    return TrainConfig(**args)

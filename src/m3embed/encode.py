@@ -60,14 +60,36 @@ def encode(
         raise ValueError(
             f"max_length={max_length} exceeds the model's position limit of {model.max_positions} tokens"
         )
-    if max_batch_tokens is None:  # a model optimised by m3embed.accel brings its own token budget
-        max_batch_tokens = getattr(model.__dict__.get("_accel"), "max_batch_tokens", None)
     ids = model.tokenizer.tokenize(items, max_length=max_length, truncation=truncation, mcls=mcls)
-    out = _encode_ids(model, ids, batch_size=batch_size, max_batch_tokens=max_batch_tokens,
-                      dense=return_dense, sparse=return_sparse, colbert=return_colbert, mcls=mcls,
-                      progress=progress)
+    out = encode_ids(model, ids, batch_size=batch_size, max_batch_tokens=max_batch_tokens, return_dense=return_dense,
+                     return_sparse=return_sparse, return_colbert=return_colbert, mcls=mcls, progress=progress)
     out.single = single
     return out
+
+
+def encode_ids(
+    model: M3Model,
+    ids: list[list[int]],
+    *,
+    batch_size: int = 256,
+    max_batch_tokens: int | None = None,
+    return_dense: bool = True,
+    return_sparse: bool = False,
+    return_colbert: bool = False,
+    mcls: bool = False,
+    progress: Callable[[int], None] | None = None,
+) -> M3Output:
+    """:func:`encode` for texts already tokenised by ``model.tokenizer.tokenize`` (with the same ``mcls``).
+
+    For callers that tokenise once up front (the server sizes its batches by token count);
+    ``ids[i]`` must start with [CLS] and end with [SEP]. Arguments as in :func:`encode`.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if max_batch_tokens is None:  # a model optimised by m3embed.accel brings its own token budget
+        max_batch_tokens = getattr(model.__dict__.get("_accel"), "max_batch_tokens", None)
+    return _encode_ids(model, ids, batch_size=batch_size, max_batch_tokens=max_batch_tokens, dense=return_dense,
+                       sparse=return_sparse, colbert=return_colbert, mcls=mcls, progress=progress)
 
 
 def _plan_batches(lengths: np.ndarray, batch_size: int, max_batch_tokens: int | None) -> list[np.ndarray]:
@@ -99,12 +121,38 @@ def _encode_ids(
     n = len(ids)
     lengths = np.fromiter((len(x) for x in ids), dtype=np.int64, count=n)
     parts: list[tuple[np.ndarray, _BatchResult]] = []
+    sink = _ColbertSink(model, ids, mcls) if colbert else None
     for batch in _plan_batches(lengths, batch_size, max_batch_tokens):
         for sub, res in _run_with_backoff(model, ids, batch, dense, sparse, colbert, mcls):
+            if sink is not None:
+                sink.put(sub, res)
             parts.append((sub, res))
         if progress is not None:
             progress(len(batch))
-    return _assemble(model, parts, n, lengths, dense, sparse, colbert)
+    out = _assemble(model, parts, n, lengths, dense, sparse)
+    if sink is not None:
+        out.colbert = ColbertVectors(sink.data, sink.offsets)
+    return out
+
+
+class _ColbertSink:
+    """The output ColBERT matrix, allocated once (sizes are known from the token ids) and filled batch
+    by batch, so that peak memory holds one copy of the vectors instead of batches + concat + reorder."""
+
+    def __init__(self, model: M3Model, ids: list[list[int]], mcls: bool) -> None:
+        cls = model.tokenizer.special.cls
+        # one vector per token after the first; with MCLS the inserted [CLS] tokens get none
+        self.counts = np.fromiter((len(x) - 1 - (x[1:].count(cls) if mcls else 0) for x in ids), np.int64,
+                                  len(ids))
+        self.offsets = np.concatenate([[0], np.cumsum(self.counts)]).astype(np.int64)
+        self.data = np.empty((int(self.offsets[-1]), model.colbert_dim), dtype=np.float32)
+
+    def put(self, rows: np.ndarray, res: _BatchResult) -> None:
+        assert res.colbert is not None and res.colbert_counts is not None
+        if not np.array_equal(res.colbert_counts, self.counts[rows]):  # an internal invariant, not user input
+            raise RuntimeError("ColBERT vector counts differ from the token counts")
+        self.data[_ragged_take(self.counts, rows)] = res.colbert
+        res.colbert = None  # the batch's copy is no longer needed
 
 
 class _BatchResult:
@@ -211,7 +259,7 @@ def _ragged_take(counts: np.ndarray, perm: np.ndarray) -> np.ndarray:
     return base + np.arange(c.sum())
 
 
-def _assemble(model, parts, n, lengths, dense, sparse, colbert) -> M3Output:
+def _assemble(model, parts, n, lengths, dense, sparse) -> M3Output:
     order = np.concatenate([p[0] for p in parts]) if parts else np.zeros(0, dtype=np.int64)
     inv = np.empty(n, dtype=np.int64)
     inv[order] = np.arange(n)  # sorted position of each input index
@@ -227,11 +275,4 @@ def _assemble(model, parts, n, lengths, dense, sparse, colbert) -> M3Output:
         ws = np.concatenate([p[1].lex_w for p in parts]) if parts else np.zeros(0, np.float32)
         indptr = np.concatenate([[0], np.cumsum(counts[inv])]).astype(np.int64)
         out.lexical = LexicalWeights(indptr, ids[take], ws[take], model.tokenizer.vocab_size)
-    if colbert:
-        counts = np.concatenate([p[1].colbert_counts for p in parts]) if parts else np.zeros(0, np.int64)
-        data = (np.concatenate([p[1].colbert for p in parts]) if parts
-                else np.zeros((0, model.colbert_dim), np.float32))
-        take = _ragged_take(counts, inv)
-        offsets = np.concatenate([[0], np.cumsum(counts[inv])]).astype(np.int64)
-        out.colbert = ColbertVectors(np.ascontiguousarray(data[take]), offsets)
     return out

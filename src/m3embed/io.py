@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import gzip
 import json
 import os
 import tempfile
@@ -16,42 +17,56 @@ import numpy as np
 from .output import M3Output
 
 
+def iter_lines(path: str | Path) -> Iterator[tuple[int, str]]:
+    """(line number, text without the line end) of each line of a text file (``.gz`` allowed); bytes are
+    decoded per line so that a bad UTF-8 sequence is reported with its own line number."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file")
+    with gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb") as f:
+        for n, raw in enumerate(f, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise ValueError(f"{path}:{n}: not valid UTF-8 ({e.reason} at byte {e.start})") from None
+            yield n, line.rstrip("\n").rstrip("\r")
+
+
+def iter_jsonl(path: str | Path) -> Iterator[tuple[int, dict]]:
+    """(line number, object) of each non-blank line of a JSON-lines file (``.gz`` allowed)."""
+    for n, line in iter_lines(path):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}:{n}: not valid JSON ({e.msg} at column {e.colno})") from None
+        if not isinstance(obj, dict):
+            raise ValueError(f"{path}:{n}: expected a JSON object, got {type(obj).__name__}")
+        yield n, obj
+
+
 def read_texts(path: str | Path, *, field: str = "text") -> list[str]:
     """Texts of a ``.txt`` file (one per line) or ``.jsonl`` file (``field`` of each object).
 
     Blank lines of a ``.jsonl`` file are skipped; errors name the file and line.
     """
     path = Path(path)
+    suffix = "".join(path.suffixes[-2:]) if path.suffix == ".gz" else path.suffix
+    if suffix.startswith(".jsonl") or suffix.startswith(".json"):
+        texts: list[str] = []
+        for n, obj in iter_jsonl(path):
+            if field not in obj:
+                raise ValueError(f"{path}:{n}: expected an object with a {field!r} field")
+            if not isinstance(obj[field], str):
+                raise ValueError(f"{path}:{n}: field {field!r} is {type(obj[field]).__name__}, expected a string")
+            texts.append(obj[field])
+        return texts
+    if suffix.startswith(".txt"):
+        return [line for _, line in iter_lines(path)]
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file")
-    suffix = "".join(path.suffixes[-2:]) if path.suffix == ".gz" else path.suffix
-    opener = _open_gz if path.suffix == ".gz" else open
-    texts: list[str] = []
-    with opener(path) as f:
-        if suffix.startswith(".jsonl") or suffix.startswith(".json"):
-            for n, line in enumerate(f, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    obj = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise ValueError(f"{path}:{n}: not valid JSON ({e.msg})") from None
-                if not isinstance(obj, dict) or field not in obj:
-                    raise ValueError(f"{path}:{n}: expected an object with a {field!r} field")
-                if not isinstance(obj[field], str):
-                    raise ValueError(f"{path}:{n}: field {field!r} is {type(obj[field]).__name__}, expected a string")
-                texts.append(obj[field])
-        elif suffix == ".txt":
-            texts = [line.rstrip("\n").rstrip("\r") for line in f]
-        else:
-            raise ValueError(f"{path}: unsupported input type {suffix!r} (expected .txt or .jsonl)")
-    return texts
-
-
-def _open_gz(path: Path) -> IO[str]:
-    import gzip
-
-    return gzip.open(path, "rt", encoding="utf-8")
+    raise ValueError(f"{path}: unsupported input type {suffix!r} (expected .txt or .jsonl)")
 
 
 @contextmanager

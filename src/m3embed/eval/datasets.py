@@ -7,15 +7,12 @@ relevant document in that split's qrels) and the qrels. Every malformed row rais
 
 from __future__ import annotations
 
-import gzip
-import json
 import logging
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
 
-from ..io import atomic_write
+from ..io import atomic_write, iter_jsonl, iter_lines
 
 logger = logging.getLogger(__name__)
 
@@ -82,38 +79,6 @@ class RetrievalDataset:
 
 
 # ---------------------------------------------------------------------------- line readers
-def _open_bytes(path: Path) -> IO[bytes]:
-    return gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")
-
-
-def _lines(path: Path) -> Iterator[tuple[int, str]]:
-    """(line number, text without the line end) of each line; bytes decoded per line so that a bad
-    UTF-8 sequence is reported with its own line number."""
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such file")
-    with _open_bytes(path) as f:
-        for n, raw in enumerate(f, start=1):
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as e:
-                raise ValueError(f"{path}:{n}: not valid UTF-8 ({e.reason} at byte {e.start})") from None
-            yield n, line.rstrip("\n").rstrip("\r")
-
-
-def _json_lines(path: Path) -> Iterator[tuple[int, dict]]:
-    """(line number, object) of each non-blank line of a JSON-lines file (``.gz`` allowed)."""
-    for n, line in _lines(path):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}:{n}: not valid JSON ({e.msg} at column {e.colno})") from None
-        if not isinstance(obj, dict):
-            raise ValueError(f"{path}:{n}: expected a JSON object, got {type(obj).__name__}")
-        yield n, obj
-
-
 def _str_field(obj: dict, key: str, where: str, *, required: bool = True, default: str = "") -> str:
     if key not in obj or obj[key] is None:
         if required:
@@ -141,7 +106,7 @@ def load_corpus(paths: str | Path | Iterable[str | Path]) -> list[Document]:
     docs: list[Document] = []
     seen: dict[str, str] = {}
     for path in files:
-        for n, obj in _json_lines(path):
+        for n, obj in iter_jsonl(path):
             where = f"{path}:{n}"
             did = _str_field(obj, _first_key(obj, ("_id", "docid", "id")), where)
             if not did:
@@ -162,7 +127,7 @@ def load_queries(path: str | Path) -> tuple[dict[str, str], dict[str, str]]:
     path = Path(path)
     texts: dict[str, str] = {}
     langs: dict[str, str] = {}
-    for n, obj in _json_lines(path):
+    for n, obj in iter_jsonl(path):
         where = f"{path}:{n}"
         qid = _str_field(obj, _first_key(obj, ("_id", "query_id", "id")), where)
         if not qid:
@@ -182,7 +147,7 @@ def load_topics(path: str | Path) -> dict[str, str]:
     """MIRACL / TREC topics TSV: ``qid<TAB>query`` per line (no header)."""
     path = Path(path)
     out: dict[str, str] = {}
-    for n, line in _lines(path):
+    for n, line in iter_lines(path):
         if not line.strip():
             continue
         parts = line.split("\t")
@@ -224,7 +189,7 @@ def load_beir_qrels(path: str | Path) -> Qrels:
     """BEIR ``qrels/<split>.tsv``: a header line, then ``query-id<TAB>corpus-id<TAB>score``."""
     path = Path(path)
     qrels: Qrels = {}
-    for n, line in _lines(path):
+    for n, line in iter_lines(path):
         if not line.strip():
             continue
         parts = line.split("\t")
@@ -242,7 +207,7 @@ def load_trec_qrels(path: str | Path) -> Qrels:
     """TREC qrels: ``qid Q0 docid rel`` per line, whitespace-separated (MIRACL's format)."""
     path = Path(path)
     qrels: Qrels = {}
-    for n, line in _lines(path):
+    for n, line in iter_lines(path):
         parts = line.split()
         if not parts:
             continue
@@ -358,7 +323,7 @@ def read_trec_run(path: str | Path) -> Run:
     """A TREC run file (``qid Q0 docid rank score tag``) → ``{qid: {docid: score}}``."""
     path = Path(path)
     run: Run = {}
-    for n, line in _lines(path):
+    for n, line in iter_lines(path):
         parts = line.split()
         if not parts:
             continue

@@ -14,6 +14,8 @@ from typing import Any
 
 import numpy as np
 
+from ..io import iter_jsonl
+
 
 class DocStore:
     """Row → (id, text, metadata); committed rows are memory-mapped, new rows are kept in memory.
@@ -105,15 +107,8 @@ def read_corpus(corpus: str | Path | Iterable[Mapping[str, Any]]) -> Iterator[tu
         path = Path(corpus)
         if not path.is_file():
             raise FileNotFoundError(f"{path}: no such corpus file")
-        with open(path, encoding="utf-8") as f:
-            for n, line in enumerate(f, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    obj = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise ValueError(f"{path}:{n}: not valid JSON ({e.msg})") from None
-                yield _record(obj, f"{path}:{n}")
+        for n, obj in iter_jsonl(path):
+            yield _record(obj, f"{path}:{n}")
     else:
         for i, obj in enumerate(corpus):
             yield _record(obj, f"corpus record {i}")
