@@ -212,3 +212,18 @@ def _decoded_all(idx, qs, k):
         sc = (wd * d[i] + ws * s[i] + wc * c) / (wd + ws + wc)
         out.append([idx.docs.ids[j] for j in np.argsort(-sc, kind="stable")[:k]])
     return out
+
+
+@pytest.mark.parametrize("mode", ["multivec", "all", "rrf"])
+def test_query_groups_do_not_change_results(index, enc, mode, monkeypatch):
+    """ColBERT re-ranking decodes candidates once per group of queries: any grouping (one group, one
+    query per group by a tiny budget) gives each query the results of searching it alone."""
+    import m3embed.index.search as search_mod
+
+    _, qs = enc
+    together = index.search(qs, k=7, mode=mode)
+    monkeypatch.setattr(search_mod, "COLBERT_SIM_BUDGET", 1)  # every query its own group
+    apart = index.search(qs, k=7, mode=mode)
+    for a, b in zip(together, apart, strict=True):
+        assert [h.id for h in a] == [h.id for h in b]
+        np.testing.assert_allclose([h.score for h in a], [h.score for h in b], rtol=0, atol=1e-6)

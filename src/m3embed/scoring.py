@@ -15,7 +15,7 @@ import torch
 
 if TYPE_CHECKING:
     from .model import M3Model
-    from .output import LexicalWeights
+    from .output import LexicalWeights, M3Output
     from .tokenize import M3Tokenizer
 
 MODES = ("dense", "sparse", "colbert")
@@ -131,11 +131,25 @@ def maxsim_packed(q: np.ndarray, p: np.ndarray, p_offsets: np.ndarray) -> np.nda
     Same value as :func:`colbert_score` per passage (an empty passage or query scores 0), with
     one ``[n_q, T]`` matmul and no padding — what search re-ranking uses.
     """
-    q = np.asarray(q, dtype=np.float32)
-    if len(q) == 0 or len(p) == 0:
-        return np.zeros(len(p_offsets) - 1, dtype=np.float32)
-    sim = (torch.from_numpy(q) @ torch.from_numpy(np.asarray(p, dtype=np.float32)).T).numpy()  # [n_q, T]
-    return maxsim_reduce(sim, p_offsets)
+    return maxsim_grouped([q], p, p_offsets)[0]
+
+
+def maxsim_grouped(queries: Sequence[np.ndarray], p: np.ndarray, p_offsets: np.ndarray) -> list[np.ndarray]:
+    """:func:`maxsim_packed` of several queries against the same packed passages, with one
+    ``[Σ n_q, T]`` matmul → one ``[C]`` float32 array per query."""
+    qs = [np.asarray(x, dtype=np.float32) for x in queries]
+    n_c = len(p_offsets) - 1
+    if not qs:
+        return []
+    if len(p) == 0 or sum(len(x) for x in qs) == 0:
+        return [np.zeros(n_c, dtype=np.float32) for _ in qs]
+    qcat = torch.from_numpy(np.concatenate(qs) if len(qs) > 1 else qs[0])
+    sim = (qcat @ torch.from_numpy(np.asarray(p, dtype=np.float32)).T).numpy()  # [Σ n_q, T]
+    out, start = [], 0
+    for x in qs:
+        out.append(maxsim_reduce(sim[start : start + len(x)], p_offsets))
+        start += len(x)
+    return out
 
 
 def maxsim_reduce(sim: np.ndarray, p_offsets: np.ndarray) -> np.ndarray:
@@ -237,17 +251,28 @@ def compute_score(
     kw = {"batch_size": batch_size, "return_dense": True, "return_sparse": True, "return_colbert": True}
     qo = model.encode(list(queries), max_length=max_query_length, **kw)
     po = model.encode(list(passages), max_length=max_passage_length, **kw)
-
-    dense = np.einsum("kh,kh->k", qo.dense[qi], po.dense[pi]).astype(np.float64)
-    sparse = lexical_pair_scores(qo.lexical, po.lexical, qi, pi)
-    colbert = _colbert_pairs(qo, po, qi, pi, batch_size, flag_parity)
-    scores: dict[str, Any] = {"colbert": colbert, "sparse": sparse, "dense": dense}
-    wd, ws, wc = w
-    scores["sparse+dense"] = (ws * sparse + wd * dense) / (ws + wd)
-    scores["colbert+sparse+dense"] = (wc * colbert + ws * sparse + wd * dense) / (wd + ws + wc)
+    scores = pair_scores(qo, po, qi, pi, w, batch_size=batch_size, flag_parity=flag_parity)
     if single:
         return {k: float(v[0]) for k, v in scores.items()}
     return {k: [float(x) for x in v] for k, v in scores.items()}
+
+
+def pair_scores(qo: M3Output, po: M3Output, qi: np.ndarray, pi: np.ndarray,
+                weights: Sequence[float] = DEFAULT_WEIGHTS, *, batch_size: int = 256,
+                flag_parity: bool = False) -> dict[str, np.ndarray]:
+    """The five :func:`compute_score` scores of the pairs ``(qo[qi[k]], po[pi[k]])`` → float64 arrays ``[K]``.
+
+    ``qo`` / ``po``: encoded queries / passages with dense, lexical and ColBERT outputs;
+    ``weights``: ``[dense, sparse, colbert]``. For callers that encode the texts themselves.
+    """
+    dense = np.einsum("kh,kh->k", qo.dense[qi], po.dense[pi]).astype(np.float64)
+    sparse = lexical_pair_scores(qo.lexical, po.lexical, qi, pi)
+    colbert = _colbert_pairs(qo, po, qi, pi, batch_size, flag_parity)
+    scores: dict[str, np.ndarray] = {"colbert": colbert, "sparse": sparse, "dense": dense}
+    wd, ws, wc = (float(x) for x in weights)
+    scores["sparse+dense"] = (ws * sparse + wd * dense) / (ws + wd)
+    scores["colbert+sparse+dense"] = (wc * colbert + ws * sparse + wd * dense) / (wd + ws + wc)
+    return scores
 
 
 def _colbert_pairs(qo, po, qi, pi, batch_size: int, flag_parity: bool) -> np.ndarray:

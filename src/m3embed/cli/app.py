@@ -30,7 +30,8 @@ def _main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log det
     logging.getLogger("m3embed.tokenize").setLevel(logging.INFO)
 
 
-def load_model(name: str | None, device: str | None, fp16: bool, fresh_heads: bool = False):
+def load_model(name: str | None, device: str | None, fp16: bool, fresh_heads: bool = False,
+               precision: str | None = None):
     from ..checkpoint import CheckpointError
     from ..model import M3Model
 
@@ -44,7 +45,13 @@ def load_model(name: str | None, device: str | None, fp16: bool, fresh_heads: bo
 
     hf_logging.disable_progress_bar()  # a per-tensor "Loading weights" bar is noise on a CLI
     try:
-        return M3Model.from_pretrained(name, device=device, dtype=dtype, fresh_heads=fresh_heads)
+        model = M3Model.from_pretrained(name, device=device, dtype=dtype, fresh_heads=fresh_heads)
     except (CheckpointError, FileNotFoundError) as e:
         error(e)
         raise typer.Exit(2) from None
+    if precision is not None:
+        try:
+            model.optimize(precision)  # type: ignore[arg-type]
+        except (ValueError, RuntimeError) as e:
+            raise typer.BadParameter(str(e), param_hint="--precision") from None
+    return model

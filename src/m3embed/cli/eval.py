@@ -62,6 +62,8 @@ def eval_command(
     save_runs: Annotated[bool, typer.Option("--save-runs", help="Also write TREC run files under OUT/runs/")] = False,
     device: Annotated[str | None, typer.Option(help="cpu, cuda, cuda:1, … (default cpu)")] = None,
     fp16: Annotated[bool, typer.Option("--fp16", help="Half precision (GPU)")] = False,
+    precision: Annotated[str | None, typer.Option(
+        help="CPU fast path: fp32 (same math, fused kernels), bf16 or int8 (approximate; see m3embed.accel)")] = None,
 ) -> None:
     """Evaluate BM25 and every search mode on one split; write a markdown table, a JSON file and a plot."""
     from ..eval.datasets import load_beir
@@ -76,7 +78,7 @@ def eval_command(
     except (ValueError, FileNotFoundError) as e:
         error(e)
         raise typer.Exit(2) from None
-    m = load_model(model, device, fp16) if mode_list else None
+    m = load_model(model, device, fp16, precision=precision) if mode_list else None
     out_dir = out or Path(".cache") / "eval" / f"{ds.name.replace('/', '_')}_{split}"
     console.print(f"{ds.name} ({split}): {len(ds.corpus)} docs, {len(ds.queries)} queries"
                   + (f", languages {' '.join(ds.languages)}" if ds.languages else ""))

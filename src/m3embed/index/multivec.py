@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from ..output import ColbertVectors
 from ..scoring import maxsim_reduce
@@ -157,6 +158,7 @@ class MultiVecStore:
         self.residual: ResidualCodec | None = None
         self.codec_dirty = False
         self._scratch: np.ndarray | None = None
+        self._lengths: tuple[tuple[int, ...], np.ndarray] | None = None
 
     @property
     def codec(self) -> str:
@@ -254,6 +256,14 @@ class MultiVecStore:
                 out[_ranges(offsets[pos], offsets[pos + 1])] = self._decode(seg, take, None)
         return ColbertVectors(out, offsets)
 
+    def lengths(self) -> np.ndarray:
+        """Token-vector count of every row ``[len(self)]`` (int64; cached until segments change)."""
+        key = tuple(id(s) for s in self.segments)
+        if self._lengths is None or self._lengths[0] != key:
+            per = [np.diff(np.asarray(s.offsets, dtype=np.int64)) for s in self.segments]
+            self._lengths = (key, np.concatenate(per) if per else np.zeros(0, np.int64))
+        return self._lengths[1]
+
     def _locate(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Segment index and vector count of each row."""
         starts = np.array([s.start for s in self.segments], dtype=np.int64)
@@ -307,10 +317,15 @@ class MultiVecStore:
         a = seg.arrays
         if out is None:
             out = np.empty((len(take), self.dim), dtype=np.float32)
-        if self.codec in ("fp32", "fp16"):
+        # dtype conversions through torch: its vectorised fp16 / int8 → fp32 casts run ~5× faster than numpy's
+        if self.codec == "fp32":
             out[...] = a["data"][take]
+        elif self.codec == "fp16":
+            torch.from_numpy(out).copy_(torch.from_numpy(np.ascontiguousarray(a["data"][take])))
         elif self.codec == "int8":
-            np.multiply(a["data"][take], a["scale"], out=out)
+            o = torch.from_numpy(out)
+            o.copy_(torch.from_numpy(np.ascontiguousarray(a["data"][take])))
+            o.mul_(torch.from_numpy(np.array(a["scale"], dtype=np.float32)))  # a copy: memory maps are read-only
         else:
             assert self.residual is not None
             self.residual.decode(a["codes"][take], a["resid"][take], out=out)

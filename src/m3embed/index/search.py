@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ..output import M3Output
-from ..scoring import PAPER_WEIGHTS, maxsim_packed, reciprocal_rank_fusion, weighted_sum
+from ..scoring import PAPER_WEIGHTS, maxsim_grouped, reciprocal_rank_fusion, weighted_sum
 
 if TYPE_CHECKING:
     from .core import M3Index
@@ -36,6 +36,8 @@ if TYPE_CHECKING:
 MODES = ("dense", "sparse", "multivec", "dense+sparse", "all", "rrf")
 RRF_K = 60
 RESIDUAL_COLBERT_DEPTH = 64  # residual store: candidates decompressed after the centroid-only first stage
+COLBERT_DECODE_BUDGET = 1 << 26  # floats decoded at once when re-ranking a group of queries (256 MiB)
+COLBERT_SIM_BUDGET = 1 << 25  # query-token × passage-token similarities held at once (128 MiB)
 DEPTHS = {  # mode → (dense_depth, sparse_depth, rerank_depth); None → k
     "dense": (None, 0, 0),
     "sparse": (0, None, 0),
@@ -77,31 +79,53 @@ def run(index: M3Index, q: M3Output, k: int, mode: str, *, weights=None, dense_d
     empty = (np.zeros(0, np.int64), np.zeros(0, np.float32))
     dense_hits = _dense(index, q, dd, live) if dd else [empty] * nq
     sparse_hits = _sparse(index, q, sd, live) if sd else [empty] * nq
-    out: list[list[Hit]] = []
+    # 1. candidates and their dense / sparse scores, per query; ColBERT requests are collected so that
+    #    the token vectors of many queries' candidates are decoded and scored together (step 2)
+    plans: list[tuple[np.ndarray, dict[str, np.ndarray], dict[str, float]] | list[Hit]] = []
     for i in range(nq):
         dh, sh = dense_hits[i], sparse_hits[i]
         if mode == "dense":
-            hits = [(r, s, {"dense": s}) for r, s in zip(*dh, strict=True)]
+            plans.append([(r, s, {"dense": s}) for r, s in zip(*dh, strict=True)])
         elif mode == "sparse":
-            hits = [(r, s, {"sparse": s}) for r, s in zip(*sh, strict=True)]
-        elif mode == "multivec":
-            rows, comp = _with_colbert(index, q, i, dh[0][: max(rd, k)], {}, {"colbert": 1.0}, cd)
-            hits = _rank(rows, comp["colbert"], comp, k)
-        elif mode in ("dense+sparse", "all"):
+            plans.append([(r, s, {"sparse": s}) for r, s in zip(*sh, strict=True)])
+        elif mode in ("multivec", "rrf"):
+            if mode == "rrf" and index.multivec is None:
+                plans.append((np.zeros(0, np.int64), {}, {}))
+                continue
+            rows = dh[0][: max(rd, k)] if mode == "multivec" else dh[0][:rd]
+            plans.append(_prune(index, q, i, rows, {}, {"colbert": 1.0}, cd))
+        else:  # dense+sparse, all
             rows = np.union1d(dh[0], sh[0])
             comp = {"dense": index.dense.scores(q.dense[i], rows), "sparse": index.sparse.scores(q.lexical, i, rows)}
             wts = {"dense": w[0], "sparse": w[1]}
             if mode == "all":
                 wts["colbert"] = w[2]
-                rows, comp = _with_colbert(index, q, i, rows, comp, wts, cd)
-            hits = _rank(rows, weighted_sum(comp, wts), comp, k)
-        else:  # rrf
+                plans.append(_prune(index, q, i, rows, comp, wts, cd))
+            else:
+                plans.append(_rank(rows, weighted_sum(comp, wts), comp, k))
+    # 2. exact ColBERT scores of every pruned candidate list
+    todo = [i for i, p in enumerate(plans) if isinstance(p, tuple) and "colbert" in p[2]]
+    if todo:
+        scores = colbert_many(index, q, [(i, plans[i][0]) for i in todo])
+        for i, sc in zip(todo, scores, strict=True):
+            rows, comp, wts = plans[i]
+            plans[i] = (rows, {**comp, "colbert": sc}, wts)
+    # 3. fused ranking
+    out: list[list[Hit]] = []
+    for i, plan in enumerate(plans):
+        if isinstance(plan, list):
+            hits = plan
+        elif mode == "rrf":
+            dh, sh = dense_hits[i], sparse_hits[i]
             rankings = [dh[0][:dd_rank].tolist(), sh[0].tolist()]
             if index.multivec is not None:
-                rows, comp = _with_colbert(index, q, i, dh[0][:rd], {}, {"colbert": 1.0}, cd)
+                rows, comp, _ = plan
                 rankings.append([r for r, _, _ in _rank(rows, comp["colbert"], comp, len(rows))])
             fused = reciprocal_rank_fusion(rankings, k=RRF_K)[:k]
             hits = [(int(r), float(s), {"rrf": float(s)}) for r, s in fused]
+        else:
+            rows, comp, wts = plan
+            hits = _rank(rows, weighted_sum(comp, wts), comp, k)
         out.append([(int(r), float(s), {m: float(v) for m, v in c.items()}) for r, s, c in hits[:k]])
     return out
 
@@ -141,10 +165,13 @@ def _colbert_depth(index: M3Index, given: int | None, k: int) -> int | None:
     return max(_depth("colbert_depth", given, None, k), k)
 
 
-def _with_colbert(index: M3Index, q: M3Output, i: int, rows: np.ndarray, comp: dict[str, np.ndarray],
-                  wts: dict[str, float], depth: int | None) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """Add ColBERT scores of ``rows`` to ``comp``; with a residual store and more than ``depth``
-    candidates, first keep the ``depth`` best by the fused score using centroid-only MaxSim (PLAID)."""
+def _prune(index: M3Index, q: M3Output, i: int, rows: np.ndarray, comp: dict[str, np.ndarray],
+           wts: dict[str, float], depth: int | None) -> tuple[np.ndarray, dict[str, np.ndarray], dict[str, float]]:
+    """The candidates of query ``i`` that get exact ColBERT scores: with a residual store and more than
+    ``depth`` candidates, the ``depth`` best by the fused score using centroid-only MaxSim (PLAID)."""
+    if index.multivec is None:
+        raise ValueError("this index has no token vectors (built with multivec='none'); "
+                         "use mode 'dense', 'sparse', 'dense+sparse' or 'rrf'")
     rows = np.asarray(rows, dtype=np.int64)
     if depth is not None and len(rows) > depth:
         approx = index.multivec.approx_scores(q.colbert[i], rows)
@@ -152,21 +179,56 @@ def _with_colbert(index: M3Index, q: M3Output, i: int, rows: np.ndarray, comp: d
         keep = np.lexsort((rows, -np.asarray(stage1)))[:depth]
         rows = rows[keep]
         comp = {m: v[keep] for m, v in comp.items()}
-    return rows, {**comp, "colbert": _colbert(index, q, i, rows)}
+    return rows, comp, wts
 
 
-def _colbert(index: M3Index, q: M3Output, i: int, rows: np.ndarray) -> np.ndarray:
-    if index.multivec is None:
-        raise ValueError("this index has no token vectors (built with multivec='none'); "
-                         "use mode 'dense', 'sparse', 'dense+sparse' or 'rrf'")
-    rows = np.asarray(rows, dtype=np.int64)
-    if len(rows) == 0:
-        return np.zeros(0, np.float32)
-    order = np.argsort(rows, kind="stable")  # read the memory map in row order
-    cv = index.multivec.get(rows[order], scratch=True)  # consumed right below
-    scores = np.empty(len(rows), np.float32)
-    scores[order] = maxsim_packed(q.colbert[i], cv.data, cv.offsets)
-    return scores
+def colbert_many(index: M3Index, q: M3Output, requests: list[tuple[int, np.ndarray]]) -> list[np.ndarray]:
+    """Exact ColBERT MaxSim of query ``i``'s token vectors against each of ``rows`` for every
+    ``(i, rows)`` request → one float32 array per request.
+
+    Requests are grouped so that each group decodes the union of its rows once and scores all its
+    queries with one ``[Σ n_q, T]`` matmul (:func:`~m3embed.scoring.maxsim_grouped`): batched
+    queries over a small corpus (evaluation) decode each passage once per group instead of once per
+    query. Group sizes are bounded by ``COLBERT_DECODE_BUDGET`` decoded floats and
+    ``COLBERT_SIM_BUDGET`` similarity entries.
+    """
+    mv = index.multivec
+    out: list[np.ndarray] = [np.zeros(0, np.float32)] * len(requests)
+    dim = mv.dim
+    n_rows = len(mv)
+    lengths = mv.lengths()
+    seen = np.zeros(n_rows, dtype=bool)
+    group: list[int] = []
+    vecs = qtok = 0
+
+    def flush() -> None:
+        nonlocal vecs, qtok
+        if group:
+            union = np.flatnonzero(seen)  # sorted: the memory map is read in row order
+            cv = mv.get(union, scratch=True)  # consumed right below
+            per_query = maxsim_grouped([q.colbert[requests[j][0]] for j in group], cv.data, cv.offsets)
+            for j, full in zip(group, per_query, strict=True):
+                out[j] = full[np.searchsorted(union, requests[j][1])]
+            seen[union] = False
+        group.clear()
+        vecs = qtok = 0
+
+    for j, (i, rows) in enumerate(requests):
+        rows = np.asarray(rows, dtype=np.int64)
+        if len(rows) == 0:
+            continue
+        new = rows[~seen[rows]]
+        add = int(lengths[new].sum())
+        nq = len(q.colbert[i])
+        if group and ((vecs + add) * dim > COLBERT_DECODE_BUDGET or (qtok + nq) * (vecs + add) > COLBERT_SIM_BUDGET):
+            flush()
+            new, add = rows, int(lengths[rows].sum())
+        seen[new] = True
+        vecs += add
+        qtok += nq
+        group.append(j)
+    flush()
+    return out
 
 
 def _rank(rows: np.ndarray, scores: np.ndarray, comp: dict[str, np.ndarray], k: int) -> list[Hit]:
