@@ -70,6 +70,7 @@ class ResidualCodec:
 
     def __init__(self, centroids: np.ndarray, cutoffs: np.ndarray, weights: np.ndarray, nbits: int) -> None:
         self.centroids = np.ascontiguousarray(centroids, dtype=np.float32)
+        self._centroids_t = torch.from_numpy(np.array(self.centroids))  # a writable copy (memory maps are not)
         self.cutoffs = np.asarray(cutoffs, dtype=np.float32)
         self.weights = np.asarray(weights, dtype=np.float32)
         self.nbits = nbits
@@ -137,10 +138,15 @@ class ResidualCodec:
         packed = np.asarray(packed)
         if out is None:
             out = np.empty((len(packed), self.centroids.shape[1]), dtype=np.float32)
+        if len(packed) == 0:
+            return out
         # one gather of whole byte patterns (all the bucket values a byte packs) beats a [.., per_byte] gather
-        resid = self._lut_items[packed].view(np.float32).reshape(len(packed), -1)
-        np.add(self.centroids[np.asarray(codes).astype(np.intp)], resid, out=out)
-        out /= np.maximum(np.sqrt(np.einsum("td,td->t", out, out)), 1e-12)[:, None]
+        resid = torch.from_numpy(self._lut_items[packed].view(np.float32).reshape(len(packed), -1))
+        # gather, add and normalise in torch: multi-threaded and vectorised, ~2-3× numpy's time here
+        o = torch.from_numpy(out)
+        torch.index_select(self._centroids_t, 0, torch.from_numpy(np.asarray(codes).astype(np.int64)), out=o)
+        o.add_(resid)
+        o.div_(torch.linalg.vector_norm(o, dim=1, keepdim=True).clamp_min_(1e-12))
         return out
 
     def arrays(self) -> dict[str, np.ndarray]:
