@@ -14,8 +14,11 @@ from .app import MODEL_ENV, app, console, error, load_model
 
 @app.command()
 def encode(
-    input: Annotated[Path, typer.Argument(help=".txt (one text per line) or .jsonl (a 'text' field per line)")],
-    output: Annotated[Path, typer.Argument(help="Output .npz (arrays) or .jsonl (one object per text)")],
+    input: Annotated[Path, typer.Argument(
+        help=".txt (one text per line) or .jsonl (a 'text' field per line); --engine ray: a .jsonl / .parquet "
+             "file, a directory or a glob of them")],
+    output: Annotated[Path, typer.Argument(
+        help="Output .npz (arrays) or .jsonl (one object per text); --engine ray: a directory")],
     model: Annotated[
         str | None, typer.Option("--model", "-m", help=f"Checkpoint dir or hub id (env {MODEL_ENV})")
     ] = None,
@@ -29,10 +32,28 @@ def encode(
     mcls: Annotated[bool, typer.Option("--mcls", help="Multiple [CLS] every 256 tokens (long inputs)")] = False,
     truncate: Annotated[bool, typer.Option("--truncate/--no-truncate", help="Cut texts over --max-length")] = True,
     field: Annotated[str, typer.Option(help="JSON field holding the text")] = "text",
+    engine: Annotated[str, typer.Option(help="local (this process) or ray (Ray workers, resumable)")] = "local",
+    address: Annotated[str | None, typer.Option(
+        help="--engine ray: 'auto' or HOST:PORT joins a running cluster; default: start a local one")] = None,
+    workers: Annotated[int | None, typer.Option(help="--engine ray: model replicas (default: fill cluster)")] = None,
+    threads_per_worker: Annotated[int | None, typer.Option(help="--engine ray: torch threads per CPU worker")] = None,
+    part_rows: Annotated[int, typer.Option(help="--engine ray: records per unit of work / output file")] = 2048,
+    overwrite: Annotated[bool, typer.Option(
+        "--overwrite", help="--engine ray: discard outputs of other settings in OUTPUT")] = False,
 ) -> None:
     """Encode a file of texts into dense / sparse / ColBERT representations."""
     from ..io import read_texts, write_jsonl, write_npz
 
+    if engine not in ("local", "ray"):
+        raise typer.BadParameter(f"{engine!r}: expected local or ray", param_hint="--engine")
+    if engine == "ray":
+        from .encode_ray import encode_with_ray
+
+        encode_with_ray(input, output, model=model, address=address, workers=workers,
+                        threads_per_worker=threads_per_worker, part_rows=part_rows, overwrite=overwrite,
+                        max_length=max_length, batch_size=batch_size, device=device, fp16=fp16, dense=dense,
+                        sparse=sparse, colbert=colbert, mcls=mcls, truncate=truncate, field=field)
+        return
     if output.suffix not in (".npz", ".jsonl"):
         raise typer.BadParameter(f"{output}: output must end in .npz or .jsonl", param_hint="OUTPUT")
     try:

@@ -68,7 +68,10 @@ def model_fingerprint(model: M3Model) -> dict[str, Any]:
     """Name, dimensions and a cheap content hash (config + a strided sample of every tensor)."""
     import torch
 
-    h = hashlib.sha256(json.dumps(model.config.to_dict(), sort_keys=True, default=str).encode())
+    # where the files were loaded from and which transformers wrote the config are not the model: without
+    # this, one checkpoint copied to another path (or node) would fingerprint as a different model
+    cfg = {k: v for k, v in model.config.to_dict().items() if k not in ("_name_or_path", "transformers_version")}
+    h = hashlib.sha256(json.dumps(cfg, sort_keys=True, default=str).encode())
     with torch.no_grad():
         for name, t in sorted(model.state_dict().items()):
             flat = t.detach().reshape(-1)
@@ -90,6 +93,50 @@ def _check_model(index_fp: dict[str, Any], fp: dict[str, Any], strict: bool) -> 
         raise ModelMismatchError(
             f"model {fp.get('name') or '?'} (hash {fp['hash']}) is not the model the index was built with "
             f"({index_fp.get('name') or '?'}, hash {index_fp['hash']}); pass check_model=False to search anyway")
+
+
+def check_query_output(fp: Mapping[str, Any], q: M3Output, need: set[str]) -> None:
+    """Pre-encoded queries must hold the representations in ``need`` with the dimensions of ``fp``."""
+    if "dense" in need:
+        if q.dense is None:
+            raise ValueError("query encodings lack dense vectors (encode with return_dense=True)")
+        if q.dense.ndim != 2 or q.dense.shape[1] != fp["hidden_size"]:
+            raise ModelMismatchError(f"query dense vectors have shape {q.dense.shape}; the index holds "
+                                     f"{fp['hidden_size']}-d vectors (model {fp.get('name') or '?'})")
+    if "sparse" in need:
+        if q.lexical is None:
+            raise ValueError("query encodings lack lexical weights (encode with return_sparse=True)")
+        if q.lexical.vocab_size != fp["vocab_size"]:
+            raise ModelMismatchError(f"query lexical weights over {q.lexical.vocab_size} ids; the index uses "
+                                     f"{fp['vocab_size']}")
+    if "colbert" in need:
+        if q.colbert is None:
+            raise ValueError("query encodings lack ColBERT vectors (encode with return_colbert=True)")
+        if q.colbert.data.ndim != 2 or q.colbert.data.shape[1] != fp["colbert_dim"]:
+            raise ModelMismatchError(f"query ColBERT vectors have shape {q.colbert.data.shape}; the index "
+                                     f"holds {fp['colbert_dim']}-d vectors")
+
+
+def check_query_texts(queries: Sequence[object]) -> None:
+    """Every query is a non-blank ``str`` (``TypeError`` / ``ValueError`` naming its index)."""
+    for i, t in enumerate(queries):
+        if not isinstance(t, str):
+            raise TypeError(f"query {i} is {type(t).__name__}, expected str")
+        if not t.strip():
+            raise ValueError(f"query {i} is empty")
+
+
+def encode_queries(queries: list[str], need: set[str], model: M3Model, *, batch_size: int = 32,
+                   max_length: int = 512) -> M3Output:
+    """Encode query texts with the representations in ``need`` (errors for non-str, empty or special-only queries)."""
+    check_query_texts(queries)
+    ids = model.tokenizer.tokenize(queries, max_length=max_length)
+    special = set(model.tokenizer.special.unused)
+    for i, toks in enumerate(ids):
+        if all(t in special for t in toks):
+            raise ValueError(f"query {i} ({queries[i][:40]!r}) has only special tokens; nothing to search for")
+    return model.encode(queries, batch_size=batch_size, max_length=max_length, return_dense="dense" in need,
+                        return_sparse="sparse" in need, return_colbert="colbert" in need)
 
 
 # ---------------------------------------------------------------------------- options
@@ -185,14 +232,27 @@ class M3Index:
         return idx
 
     @classmethod
-    def build(cls, corpus: str | Path | Iterable[Mapping[str, Any]], model: M3Model, path: str | Path | None = None,
-              *, batch_size: int = 32, max_length: int = 512, show_progress: bool = True, chunk_size: int = 2048,
+    def build(cls, corpus: str | Path | Iterable[Mapping[str, Any]] | None, model: M3Model,
+              path: str | Path | None = None, *, batch_size: int = 32, max_length: int = 512,
+              show_progress: bool = True, chunk_size: int = 2048, engine: str = "local",
+              from_encoded: str | Path | None = None, ray_options: Mapping[str, Any] | None = None,
               **index_options: Any) -> M3Index:
         """Encode ``corpus`` with ``model`` and index it (saved at ``path``; ``None``: a temp dir).
 
         ``corpus``: dicts ``{"id" | "_id", "text", optional "title", "metadata"}`` or a ``.jsonl``
         file of them (BEIR layout). Documents are encoded and added ``chunk_size`` at a time.
+        ``engine="ray"``: encode ``.jsonl`` / ``.parquet`` shards (a file, directory or glob) on a Ray
+        cluster first (``ray_options``: see :func:`m3embed.distributed.ray_encode.build_index`);
+        ``from_encoded=DIR``: ingest the outputs of such a run without encoding (``corpus`` unused).
         """
+        if engine not in ("local", "ray"):
+            raise ValueError(f"engine {engine!r}: expected 'local' or 'ray'")
+        if engine == "ray" or from_encoded is not None:
+            from ..distributed.ray_encode import build_index
+
+            return build_index(cls, corpus, model, path, batch_size=batch_size, max_length=max_length,
+                               show_progress=show_progress, from_encoded=from_encoded, ray_options=ray_options,
+                               index_options=index_options)
         idx = cls.create(path, model, **index_options)
         total = count_records(corpus)
         want_colbert = idx.multivec is not None
@@ -353,6 +413,13 @@ class M3Index:
             if did in self._row_of:
                 raise ValueError(f"id {did!r} (index {i} of this batch) is already in the index; delete it first")
             seen.add(did)
+
+    def ingest(self, encoded_dir: str | Path, *, verify: bool = True) -> int:
+        """Add every document of a finished sharded encoding run (``m3embed encode --engine ray``, or
+        :func:`m3embed.distributed.encode_shards`) without re-encoding; returns the rows added (``save`` commits)."""
+        from ..distributed.shards import ingest_encoded
+
+        return ingest_encoded(self, encoded_dir, verify=verify)
 
     def add(self, ids: Sequence[str], encoded: M3Output, texts: Sequence[str | None] | None = None,
             metadata: Sequence[dict | None] | None = None) -> None:
@@ -600,44 +667,16 @@ class M3Index:
         return out
 
     def _check_query_output(self, q: M3Output, need: set[str]) -> None:
-        fp = self.fingerprint
-        if "dense" in need:
-            if q.dense is None:
-                raise ValueError("query encodings lack dense vectors (encode with return_dense=True)")
-            if q.dense.ndim != 2 or q.dense.shape[1] != fp["hidden_size"]:
-                raise ModelMismatchError(f"query dense vectors have shape {q.dense.shape}; the index holds "
-                                         f"{fp['hidden_size']}-d vectors (model {fp.get('name') or '?'})")
-        if "sparse" in need:
-            if q.lexical is None:
-                raise ValueError("query encodings lack lexical weights (encode with return_sparse=True)")
-            if q.lexical.vocab_size != fp["vocab_size"]:
-                raise ModelMismatchError(f"query lexical weights over {q.lexical.vocab_size} ids; the index uses "
-                                         f"{fp['vocab_size']}")
-        if "colbert" in need:
-            if q.colbert is None:
-                raise ValueError("query encodings lack ColBERT vectors (encode with return_colbert=True)")
-            if q.colbert.data.ndim != 2 or q.colbert.data.shape[1] != fp["colbert_dim"]:
-                raise ModelMismatchError(f"query ColBERT vectors have shape {q.colbert.data.shape}; the index "
-                                         f"holds {fp['colbert_dim']}-d vectors")
+        check_query_output(self.fingerprint, q, need)
 
     def _encode_queries(self, queries: list[str], need: set[str], model: M3Model | None, batch_size: int,
                         max_length: int, check_model: bool) -> M3Output:
-        for i, t in enumerate(queries):
-            if not isinstance(t, str):
-                raise TypeError(f"query {i} is {type(t).__name__}, expected str")
-            if not t.strip():
-                raise ValueError(f"query {i} is empty")
+        check_query_texts(queries)  # before loading any model
         if model is None:
             model = self.model or self._load_manifest_model()
         elif model is not self.model:
             _check_model(self.fingerprint, model_fingerprint(model), strict=check_model)
-        ids = model.tokenizer.tokenize(queries, max_length=max_length)
-        special = set(model.tokenizer.special.unused)
-        for i, toks in enumerate(ids):
-            if all(t in special for t in toks):
-                raise ValueError(f"query {i} ({queries[i][:40]!r}) has only special tokens; nothing to search for")
-        return model.encode(queries, batch_size=batch_size, max_length=max_length, return_dense="dense" in need,
-                            return_sparse="sparse" in need, return_colbert="colbert" in need)
+        return encode_queries(queries, need, model, batch_size=batch_size, max_length=max_length)
 
     def _load_manifest_model(self) -> M3Model:
         name = self.fingerprint.get("name")
