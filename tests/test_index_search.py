@@ -227,3 +227,16 @@ def test_query_groups_do_not_change_results(index, enc, mode, monkeypatch):
     for a, b in zip(together, apart, strict=True):
         assert [h.id for h in a] == [h.id for h in b]
         np.testing.assert_allclose([h.score for h in a], [h.score for h in b], rtol=0, atol=1e-6)
+
+
+def test_build_with_mcls_stores_mcls_vectors(model, tmp_path):
+    """``M3Index.build(mcls=True)`` indexes what ``encode(mcls=True)`` gives (a [CLS] every 256 tokens)."""
+    long_docs = [{"id": f"L{i}", "text": " ".join(WORDS[(i + j) % 20] for j in range(300 + 40 * i))} for i in range(3)]
+    texts = [d["text"] for d in long_docs]
+    idx = M3Index.build(long_docs, model, tmp_path / "m", show_progress=False, mcls=True, multivec="fp32",
+                        max_length=1024)
+    want = model.encode(texts, max_length=1024, return_dense=True, mcls=True).dense
+    plain = model.encode(texts, max_length=1024, return_dense=True).dense
+    got = np.asarray(idx.dense.vectors)
+    assert np.abs(got - plain).max() > 1e-3  # MCLS changes the dense vectors of long texts …
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-6)  # … and the index holds the MCLS ones

@@ -183,23 +183,8 @@ def _build_index(ds: RetrievalDataset, model: M3Model, *, batch_size: int, max_l
         raise RuntimeError(f"search modes need m3embed.index (M3Index), which failed to import: {e}") from e
     records = [d.as_index_record() for d in ds.corpus]
     t = time.perf_counter()
-    if not mcls:
-        idx = M3Index.build(records, model, None, batch_size=batch_size, max_length=max_length,
-                            show_progress=show_progress, **options)
-    else:  # M3Index.build has no MCLS switch: encode here and add (the same index, built from its parts)
-        idx = M3Index.create(None, model, **options)
-        try:
-            chunk = 2048
-            for s in range(0, len(records), chunk):
-                part = records[s : s + chunk]
-                enc = model.encode([r["text"] for r in part], batch_size=batch_size, max_length=max_length,
-                                   return_dense=True, return_sparse=True, return_colbert=idx.multivec is not None,
-                                   mcls=True)
-                idx.add([r["id"] for r in part], enc, metadata=[r.get("metadata") for r in part])
-            idx.save()
-        except BaseException:
-            idx.close(discard=True)
-            raise
+    idx = M3Index.build(records, model, None, batch_size=batch_size, max_length=max_length, mcls=mcls,
+                        show_progress=show_progress, **options)
     timings["index_build"] = time.perf_counter() - t  # corpus encoding included
     return idx
 

@@ -234,13 +234,14 @@ class M3Index:
     @classmethod
     def build(cls, corpus: str | Path | Iterable[Mapping[str, Any]] | None, model: M3Model,
               path: str | Path | None = None, *, batch_size: int = 32, max_length: int = 512,
-              show_progress: bool = True, chunk_size: int = 2048, engine: str = "local",
+              show_progress: bool = True, chunk_size: int = 2048, mcls: bool = False, engine: str = "local",
               from_encoded: str | Path | None = None, ray_options: Mapping[str, Any] | None = None,
               **index_options: Any) -> M3Index:
         """Encode ``corpus`` with ``model`` and index it (saved at ``path``; ``None``: a temp dir).
 
         ``corpus``: dicts ``{"id" | "_id", "text", optional "title", "metadata"}`` or a ``.jsonl``
-        file of them (BEIR layout). Documents are encoded and added ``chunk_size`` at a time.
+        file of them (BEIR layout). Documents are encoded and added ``chunk_size`` at a time;
+        ``mcls=True`` encodes them with a [CLS] every 256 tokens (long documents; local engine).
         ``engine="ray"``: encode ``.jsonl`` / ``.parquet`` shards (a file, directory or glob) on a Ray
         cluster first (``ray_options``: see :func:`m3embed.distributed.ray_encode.build_index`);
         ``from_encoded=DIR``: ingest the outputs of such a run without encoding (``corpus`` unused).
@@ -248,6 +249,8 @@ class M3Index:
         if engine not in ("local", "ray"):
             raise ValueError(f"engine {engine!r}: expected 'local' or 'ray'")
         if engine == "ray" or from_encoded is not None:
+            if mcls:
+                raise ValueError("mcls=True is supported by the local engine only")
             from ..distributed.ray_encode import build_index
 
             return build_index(cls, corpus, model, path, batch_size=batch_size, max_length=max_length,
@@ -267,7 +270,7 @@ class M3Index:
                     texts = [c[1] for c in chunk]
                     idx._check_new_ids(ids)
                     enc = model.encode(texts, batch_size=batch_size, max_length=max_length, return_dense=True,
-                                       return_sparse=True, return_colbert=want_colbert,
+                                       return_sparse=True, return_colbert=want_colbert, mcls=mcls,
                                        progress=lambda n: bar.advance(task, n))
                     idx.add(ids, enc, texts=texts if idx.options["store_text"] else None,
                             metadata=[c[2] for c in chunk])
