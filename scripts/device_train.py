@@ -9,7 +9,7 @@ to the time left. Outputs (deltas in the registry's format, metrics, plots) go t
 Only the position table, encoder layers 8-11 and the heads train (word embeddings and the lower
 layers are frozen) so that the shipped delta stays under the repository's 25 MB.
 
-Usage: python scripts/device_train.py --pack .cache/device --work /tmp/m3 --out "$OUT"
+Usage: python scripts/device_train.py --pack .cache/device --work .cache/device_work --out "$OUT"
 """
 
 from __future__ import annotations
@@ -146,7 +146,7 @@ def export(run_dir: Path, out: Path, tag: str) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--pack", type=Path, default=REPO / ".cache/device")
-    ap.add_argument("--work", type=Path, default=Path("/tmp/m3"))
+    ap.add_argument("--work", type=Path, default=Path(".cache") / "device_work")
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--dense-s", type=float, default=150)
     ap.add_argument("--unified-s", type=float, default=260)

@@ -34,10 +34,12 @@ import traceback
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+# scratch files (checkpoints, data, runs) go to the repo's ignored cache dir
+WORK = Path(os.environ.get("M3EMBED_WORK", REPO / ".cache" / "gpu_check"))
 sys.path.insert(0, str(REPO / "src"))
 sys.path.insert(0, str(REPO / "benchmarks"))
 SHARED = REPO.parent / "shared"
-OUT = Path(os.environ.get("OUT", "/tmp/train_gpu_out"))
+OUT = Path(os.environ.get("OUT", WORK / "out"))
 RESULTS: dict = {}
 T0 = time.time()
 
@@ -103,7 +105,7 @@ def part(name: str, fn, *args) -> None:
 
 
 def xlmr_tokenizer(bundle: Path) -> Path:
-    d = Path("/tmp/xlmr_tok")
+    d = WORK / "xlmr_tok"
     if not (d / "tokenizer.json").is_file():
         d.mkdir(parents=True, exist_ok=True)
         with gzip.open(bundle / "xlmr_tokenizer.json.gz", "rb") as f, open(d / "tokenizer.json", "wb") as g:
@@ -190,7 +192,7 @@ def real_run(a) -> dict:
     b = Path(a.bundle)
     sets = {n: (load_beir(b / "data" / n), pl) for n, pl in (("xquad_en", 256), ("covidqa", 512))
             if (b / "data" / n).is_dir()}
-    out = Path("/tmp/run_minilm")
+    out = WORK / "run_minilm"
     shutil.rmtree(out, ignore_errors=True)
     cfg = TrainConfig(model=str(b / "minilm"), fresh_heads=True, stage="unified",
                       train_data=[str(b / "data" / "train_short.jsonl.gz"),
@@ -222,14 +224,14 @@ def throughput(a) -> dict:
 
     from m3embed.train import M3Trainer, TrainConfig
 
-    ck = make_checkpoint(Path("/tmp/ckpt_base"), BASE, xlmr_tokenizer(Path(a.bundle)))
+    ck = make_checkpoint(WORK / "ckpt_base", BASE, xlmr_tokenizer(Path(a.bundle)))
     b, g, ql, pl, steps = 16, 8, 32, 256, 12
-    data = Path("/tmp/bench_data.jsonl")
+    data = WORK / "bench_data.jsonl"
     make_data(data, rows=b * (steps + 2), group=g, q_words=ql * 2, p_words=pl * 2)
     out = {"shape": BASE, "batch": {"B": b, "G": g, "q_len": ql, "p_len": pl}}
     for name, kw in (("bf16", {}), ("bf16_split8", {"sub_batch_size": 8}), ("fp32", {"mixed_precision": "no"})):
         torch.cuda.reset_peak_memory_stats()
-        cfg = TrainConfig(model=str(ck), train_data=[str(data)], output_dir="/tmp/bench_out", group_size=g,
+        cfg = TrainConfig(model=str(ck), train_data=[str(data)], output_dir=str(WORK / "bench_out"), group_size=g,
                           batch_size=b, query_max_len=ql, passage_max_len=pl, max_steps=steps, learning_rate=1e-5,
                           progress=False, plot=False, **kw)
         res = M3Trainer(cfg).train()
@@ -252,7 +254,7 @@ def memory(a) -> dict:
     from m3embed.train.losses import LossConfig, m3_loss
 
     dev = torch.device("cuda")
-    model = M3Model.from_pretrained(make_checkpoint(Path("/tmp/ckpt_base"), BASE, xlmr_tokenizer(Path(a.bundle))),
+    model = M3Model.from_pretrained(make_checkpoint(WORK / "ckpt_base", BASE, xlmr_tokenizer(Path(a.bundle))),
                                     device=dev)
     model.train()
     rng = random.Random(0)
@@ -297,23 +299,24 @@ def memory(a) -> dict:
 def torchrun_check(a) -> dict:
     from train_bench import make_checkpoint, make_data
 
-    ck = make_checkpoint(Path("/tmp/ckpt_tiny"), {"layers": 2, "hidden": 64, "heads": 4, "ffn": 256,
+    ck = make_checkpoint(WORK / "ckpt_tiny", {"layers": 2, "hidden": 64, "heads": 4, "ffn": 256,
                                                    "max_positions": 514}, xlmr_tokenizer(Path(a.bundle)))
-    data = Path("/tmp/tiny_data.jsonl")
+    data = WORK / "tiny_data.jsonl"
     make_data(data, rows=40, group=4, q_words=20, p_words=60)
-    cfg = Path("/tmp/tiny.yaml")
-    cfg.write_text(f"model: {ck}\ntrain_data: [{data}]\noutput_dir: /tmp/tiny_out\ngroup_size: 4\nbatch_size: 4\n"
+    cfg = WORK / "tiny.yaml"
+    cfg.write_text(f"model: {ck}\ntrain_data: [{data}]\noutput_dir: {WORK / 'tiny_out'}\ngroup_size: 4\nbatch_size: 4\n"
                    "max_steps: 3\nnegatives_cross_device: true\ncross_device_heads: [dense, sparse, colbert]\n"
                    "sub_batch_size: 2\nprogress: false\nsave_steps: 2\n")
     r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "1", "-m", "m3embed.cli",
                         "train", str(cfg)], env=dict(os.environ, PYTHONPATH=str(REPO / "src")), capture_output=True,
                        text=True, timeout=240)
-    metrics = Path("/tmp/tiny_out/metrics.jsonl")
+    metrics = WORK / "tiny_out" / "metrics.jsonl"
     return {"rc": r.returncode, "tail": (r.stdout + r.stderr)[-1500:],
             "steps_logged": len(metrics.read_text().splitlines()) if metrics.is_file() else 0}
 
 
 def main() -> None:
+    WORK.mkdir(parents=True, exist_ok=True)
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--make-bundle", help="write the bundle here and exit")
     ap.add_argument("--bundle-parts", nargs="+", default=["real", "throughput"])
