@@ -86,7 +86,24 @@ Weights = Annotated[list[float] | None, Field(description="[w_dense, w_sparse, w
 
 
 # ---------------------------------------------------------------------------- requests
-class EmbeddingsRequest(BaseModel):
+class _TextsRequest(BaseModel):
+    """Validation shared by requests with texts in ``input`` and a dense ``encoding_format``."""
+
+    # the fields are declared by the subclasses (their descriptions and defaults differ)
+    @field_validator("input", mode="before", check_fields=False)
+    @classmethod
+    def _texts(cls, v: Any) -> Any:
+        return check_texts("input", v)
+
+    @field_validator("encoding_format", mode="before", check_fields=False)
+    @classmethod
+    def _fmt(cls, v: Any) -> Any:
+        if v not in ("float", "base64"):
+            raise invalid("encoding_format", f"expected 'float' or 'base64', got {short(v)}")
+        return v
+
+
+class EmbeddingsRequest(_TextsRequest):
     """``POST /v1/embeddings`` (OpenAI); unknown fields are ignored as OpenAI-compatible servers do."""
 
     model_config = ConfigDict(extra="allow")
@@ -98,20 +115,8 @@ class EmbeddingsRequest(BaseModel):
     dimensions: StrictInt | None = Field(None, description="Must equal the model's hidden size when given")
     user: StrictStr | None = None
 
-    @field_validator("input", mode="before")
-    @classmethod
-    def _texts(cls, v: Any) -> Any:
-        return check_texts("input", v)
 
-    @field_validator("encoding_format", mode="before")
-    @classmethod
-    def _fmt(cls, v: Any) -> Any:
-        if v not in ("float", "base64"):
-            raise invalid("encoding_format", f"expected 'float' or 'base64', got {short(v)}")
-        return v
-
-
-class EncodeRequest(BaseModel):
+class EncodeRequest(_TextsRequest):
     """``POST /encode``: any of dense / sparse / ColBERT for each text."""
 
     model_config = ConfigDict(extra="forbid")
@@ -126,18 +131,6 @@ class EncodeRequest(BaseModel):
     max_length: StrictInt | None = Field(None, description="Tokens per text, specials included (truncates)")
     mcls: StrictBool = Field(False, description="A [CLS] every 256 tokens; dense = mean of their states")
     model: StrictStr | None = None
-
-    @field_validator("input", mode="before")
-    @classmethod
-    def _texts(cls, v: Any) -> Any:
-        return check_texts("input", v)
-
-    @field_validator("encoding_format", mode="before")
-    @classmethod
-    def _fmt(cls, v: Any) -> Any:
-        if v not in ("float", "base64"):
-            raise invalid("encoding_format", f"expected 'float' or 'base64', got {short(v)}")
-        return v
 
     @field_validator("colbert_dtype", mode="before")
     @classmethod
