@@ -8,7 +8,7 @@ relevant document in that split's qrels) and the qrels. Every malformed row rais
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -205,17 +205,24 @@ def load_beir_qrels(path: str | Path) -> Qrels:
 
 def load_trec_qrels(path: str | Path) -> Qrels:
     """TREC qrels: ``qid Q0 docid rel`` per line, whitespace-separated (MIRACL's format)."""
-    path = Path(path)
     qrels: Qrels = {}
+    for where, parts in _trec_rows(path, "qid Q0 docid rel"):
+        _add_qrel(qrels, parts[0], parts[2], _parse_rel(parts[3], where), where)
+    return qrels
+
+
+def _trec_rows(path: str | Path, layout: str) -> Iterator[tuple[str, list[str]]]:
+    """(``file:line``, columns) of each non-blank whitespace-separated line, which must have the
+    columns named in ``layout``."""
+    path = Path(path)
+    width = len(layout.split())
     for n, line in iter_lines(path):
         parts = line.split()
         if not parts:
             continue
-        where = f"{path}:{n}"
-        if len(parts) != 4:
-            raise ValueError(f"{where}: expected 4 columns 'qid Q0 docid rel', got {len(parts)}")
-        _add_qrel(qrels, parts[0], parts[2], _parse_rel(parts[3], where), where)
-    return qrels
+        if len(parts) != width:
+            raise ValueError(f"{path}:{n}: expected {width} columns '{layout}', got {len(parts)}")
+        yield f"{path}:{n}", parts
 
 
 def _is_number(s: str) -> bool:
@@ -321,20 +328,14 @@ def write_trec_run(path: str | Path, run: Mapping[str, Sequence[tuple[str, float
 
 def read_trec_run(path: str | Path) -> Run:
     """A TREC run file (``qid Q0 docid rank score tag``) → ``{qid: {docid: score}}``."""
-    path = Path(path)
     run: Run = {}
-    for n, line in iter_lines(path):
-        parts = line.split()
-        if not parts:
-            continue
-        if len(parts) != 6:
-            raise ValueError(f"{path}:{n}: expected 6 columns 'qid Q0 docid rank score tag', got {len(parts)}")
+    for where, parts in _trec_rows(path, "qid Q0 docid rank score tag"):
         try:
             score = float(parts[4])
         except ValueError:
-            raise ValueError(f"{path}:{n}: score {parts[4]!r} is not a number") from None
+            raise ValueError(f"{where}: score {parts[4]!r} is not a number") from None
         docs = run.setdefault(parts[0], {})
         if parts[2] in docs:
-            raise ValueError(f"{path}:{n}: document {parts[2]!r} listed twice for query {parts[0]!r}")
+            raise ValueError(f"{where}: document {parts[2]!r} listed twice for query {parts[0]!r}")
         docs[parts[2]] = score
     return run
