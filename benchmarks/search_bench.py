@@ -2,7 +2,8 @@
 
 Synthetic passages shaped like BGE-M3's outputs (sizes configurable):
 
-* dense — unit vectors of ``--dim`` (1024);
+* dense — unit vectors of ``--dim`` (1024): the passage's token prototypes weighted by its sparse
+  weights, plus noise (so that neighbours exist, as in real embeddings);
 * sparse — ``--nnz`` (60) distinct token ids per passage drawn from a Zipf law over ``--vocab``
   (250002) ids, weights in (0, 0.4] that shrink for frequent ids (as learned weights do);
 * ColBERT — ``--tokens`` (~150, ±50 %) unit vectors of ``--dim`` per passage: the direction of
@@ -13,8 +14,8 @@ Queries (``--queries``) are built around a random target passage (noisy copy of 
 vector, half of its token ids, 24 ColBERT vectors). Query encoding is excluded from every
 latency: search gets pre-encoded ``M3Output`` queries, one per call (``k`` = 10).
 
-Reported: p50 / p95 latency per mode for the ``--n`` index (flat and HNSW dense), TAAT sparse
-top-k vs scipy (``lexical_scores`` = ``Q @ D.T`` and a pre-transposed ``D.T``), faiss flat vs
+Reported: p50 / p95 latency per mode for the ``--n`` index (flat and HNSW dense), sparse top-k
+(MaxScore, term-at-a-time) vs scipy (``lexical_scores`` = ``Q @ D.T`` and a pre-transposed ``D.T``), faiss flat vs
 NumPy brute force, HNSW recall, quantised impacts, pyseismic-lsr if installed, build throughput
 (passages/s without generation) and peak RSS; then at ``--codec-n`` passages, per multi-vector
 codec: bytes per passage, encode speed, re-rank latency of 200 candidates, overlap@10 and score
@@ -94,8 +95,21 @@ class Synth:
         return LexicalWeights(np.concatenate([[0], np.cumsum(rows)]).astype(np.int64), ids_a,
                               self.weights_for(ids_a), self.vocab)
 
-    def dense(self, n: int) -> np.ndarray:
+    def noise_vectors(self, n: int) -> np.ndarray:
         x = self.rng.standard_normal((n, self.dim), dtype=np.float32)
+        x /= np.linalg.norm(x, axis=1, keepdims=True)
+        return x
+
+    def dense(self, lex) -> np.ndarray:
+        """Unit vectors with the structure of real embeddings: the weighted sum of the passage's token
+        prototypes plus 30 % noise, so that passages sharing terms are near each other (random unit
+        vectors in 1024-d are all nearly orthogonal, which no graph or cluster index can search)."""
+        import scipy.sparse as sp
+
+        w = sp.csr_matrix((lex.weights, self.tok_proto.numpy()[lex.ids], lex.indptr), shape=(len(lex), N_PROTOS))
+        x = np.asarray(w @ self.protos.numpy(), dtype=np.float32)
+        x /= np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+        x += 0.3 * self.noise_vectors(len(x))
         x /= np.linalg.norm(x, axis=1, keepdims=True)
         return x
 
@@ -120,13 +134,13 @@ class Synth:
     def passages(self, n: int, colbert: bool = True):
         from m3embed.output import M3Output
 
-        return M3Output(dense=self.dense(n), lexical=self.sparse(n, self.nnz),
-                        colbert=self.colbert(n) if colbert else None)
+        lex = self.sparse(n, self.nnz)
+        return M3Output(dense=self.dense(lex), lexical=lex, colbert=self.colbert(n) if colbert else None)
 
     def queries(self, docs_dense: np.ndarray, docs_lex, n: int, targets: np.ndarray):
         from m3embed.output import LexicalWeights, M3Output
 
-        d = docs_dense[targets] + self.dense(n) * 0.9
+        d = docs_dense[targets] + self.noise_vectors(n) * 0.9
         d /= np.linalg.norm(d, axis=1, keepdims=True)
         rows, ids = [], []
         for t in targets:
@@ -260,6 +274,10 @@ def _search_part(args, synth: Synth, root: Path, report: dict) -> None:
         ts = timed(lambda r, mode=mode: idx.search(one[r], k=10, mode=mode), nq)
         lat[f"{mode} (hnsw)"] = {"p50_ms": pct(ts, 50), "p95_ms": pct(ts, 95)}
         print(f"  {mode:13s} hnsw  p50 {pct(ts, 50):7.2f} ms  p95 {pct(ts, 95):7.2f} ms", flush=True)
+    for cd in (16, 32):  # fewer candidates decompressed after the centroid-only stage
+        ts = timed(lambda r, cd=cd: idx.search(one[r], k=10, mode="all", colbert_depth=cd), nq)
+        lat[f"all (hnsw, colbert_depth={cd})"] = {"p50_ms": pct(ts, 50), "p95_ms": pct(ts, 95)}
+        print(f"  all colbert_depth={cd} hnsw  p50 {pct(ts, 50):7.2f} ms  p95 {pct(ts, 95):7.2f} ms", flush=True)
     hnsw_all = idx.search(qs, k=10, mode="all")
     same = np.mean([len({h.id for h in a} & {h.id for h in b}) / 10 for a, b in zip(hnsw_all, batch_res, strict=True)])
     report["hnsw"] = {"build_s": hnsw_build, "ef_search": args.ef_search, "ef_construction": args.ef_construction,
@@ -325,7 +343,11 @@ def _dense_sparse_part(args, idx, qs, one, vecs, hnsw, report: dict, root: Path)
         return np.argpartition(-s, 10)[:10]
 
     sparse.search(one[0].lexical, 10, None)
-    ts_taat = timed(lambda r: sparse.search(one[r].lexical, 10, None), nq)
+    ts_taat = timed(lambda r: sparse.search(one[r].lexical, 10, None, algorithm="taat"), nq)
+    ts_maxscore = timed(lambda r: sparse.search(one[r].lexical, 10, None, algorithm="maxscore"), nq)
+    same = all(a[0].tolist() == b[0].tolist() for a, b in zip(
+        sparse.search(qs.lexical, 10, None, algorithm="maxscore", batch_threshold=1 << 30),
+        sparse.search(qs.lexical, 10, None, algorithm="taat", batch_threshold=1 << 30), strict=True))
     ts_core = timed(scipy_core, min(nq, 30))
     ts_pre = timed(scipy_pre, nq)
     t = time.perf_counter()
@@ -339,6 +361,8 @@ def _dense_sparse_part(args, idx, qs, one, vecs, hnsw, report: dict, root: Path)
     post = [int((pi[one[r].lexical.ids + 1] - pi[one[r].lexical.ids]).sum()) for r in range(nq)]
     report["sparse"] = {
         "taat_p50_ms": pct(ts_taat, 50), "taat_p95_ms": pct(ts_taat, 95),
+        "maxscore_p50_ms": pct(ts_maxscore, 50), "maxscore_p95_ms": pct(ts_maxscore, 95),
+        "maxscore_speedup_vs_taat": pct(ts_taat, 50) / pct(ts_maxscore, 50), "maxscore_same_top10_as_taat": same,
         "scipy_QDt_p50_ms": pct(ts_core, 50), "scipy_pretransposed_p50_ms": pct(ts_pre, 50),
         "speedup_vs_scipy_QDt": pct(ts_core, 50) / pct(ts_taat, 50),
         "speedup_vs_scipy_pretransposed": pct(ts_pre, 50) / pct(ts_taat, 50),

@@ -185,7 +185,7 @@ def test_residual_two_stage_rerank(model, enc):
     mv = idx.multivec
     rows = np.arange(len(CORPUS))
     # first stage = MaxSim against each token vector's centroid
-    codes, offsets = mv._gather(rows, lambda seg, take: np.asarray(seg.arrays["codes"][take], np.intp))
+    (codes,), offsets = mv._gather(rows, lambda seg, take: (np.asarray(seg.arrays["codes"][take], np.intp),))
     np.testing.assert_allclose(mv.approx_scores(qs.colbert[0], rows),
                                maxsim_packed(qs.colbert[0], mv.residual.centroids[codes], offsets), rtol=1e-5)
     full = idx.search(qs, k=5, mode="all", colbert_depth=len(CORPUS))  # no pruning: every candidate decoded
@@ -215,18 +215,35 @@ def _decoded_all(idx, qs, k):
 
 
 @pytest.mark.parametrize("mode", ["multivec", "all", "rrf"])
-def test_query_groups_do_not_change_results(index, enc, mode, monkeypatch):
-    """ColBERT re-ranking decodes candidates once per group of queries: any grouping (one group, one
-    query per group by a tiny budget) gives each query the results of searching it alone."""
+@pytest.mark.parametrize("budget", ["COLBERT_DECODE_BUDGET", "COLBERT_SIM_BUDGET"])
+def test_query_groups_do_not_change_results(index, enc, mode, budget, monkeypatch):
+    """ColBERT re-ranking decodes candidates once per group of queries: any grouping (one group; one
+    query per decoded group; one query per similarity matmul) gives each query the results of
+    searching it alone."""
     import m3embed.index.search as search_mod
 
     _, qs = enc
     together = index.search(qs, k=7, mode=mode)
-    monkeypatch.setattr(search_mod, "COLBERT_SIM_BUDGET", 1)  # every query its own group
+    monkeypatch.setattr(search_mod, budget, 1)
     apart = index.search(qs, k=7, mode=mode)
     for a, b in zip(together, apart, strict=True):
         assert [h.id for h in a] == [h.id for h in b]
         np.testing.assert_allclose([h.score for h in a], [h.score for h in b], rtol=0, atol=1e-6)
+
+
+def test_colbert_many_small_and_large_requests(index, enc):
+    """Requests covering a small part of the decoded union (gathered rows) and most of it (scored
+    against the whole union), unsorted and repeated rows: each equals MaxSim against its own rows."""
+    from m3embed.index.search import colbert_many
+    from m3embed.scoring import maxsim_packed
+
+    _, qs = enc
+    reqs = [(0, np.array([3, 1, 2])), (1, np.array([40, 41, 40])), (2, np.arange(45)[::-1]), (3, np.array([7])),
+            (4, np.array([], np.int64))]
+    got = colbert_many(index, qs, reqs)
+    for (i, rows), scores in zip(reqs, got, strict=True):
+        cv = index.multivec.get(rows)
+        np.testing.assert_allclose(scores, maxsim_packed(qs.colbert[i], cv.data, cv.offsets), rtol=0, atol=1e-6)
 
 
 def test_build_with_mcls_stores_mcls_vectors(model, tmp_path):

@@ -20,13 +20,14 @@ def random_lex(n, vocab, nnz, seed):
                           np.concatenate(ids).astype(np.int64), weights, vocab)
 
 
-@pytest.mark.parametrize("path", ["taat", "taat-small-groups", "product"])
+@pytest.mark.parametrize("path", ["maxscore", "taat", "taat-small-groups", "product"])
 def test_topk_equals_scipy(path):
     docs, qs = random_lex(500, 300, 20, 0), random_lex(12, 300, 8, 1)
     idx = SparseIndex(300, {})
     idx.add(docs)
     ref = lexical_scores(qs, docs)
-    kw = {"taat": {"batch_threshold": 100}, "taat-small-groups": {"batch_threshold": 100, "chunk_postings": 50},
+    kw = {"maxscore": {"batch_threshold": 100, "algorithm": "maxscore"}, "taat": {"batch_threshold": 100},
+          "taat-small-groups": {"batch_threshold": 100, "chunk_postings": 50, "algorithm": "taat"},
           "product": {"batch_threshold": 1}}[path]
     got = idx.search(qs, 10, None, **kw)
     for i, (rows, scores) in enumerate(got):
@@ -47,10 +48,42 @@ def test_deleted_rows_and_incremental_add():
     live = np.ones(150, bool)
     live[::3] = False
     ref = lexical_scores(qs, both)
-    for threshold in (100, 1):  # term-at-a-time and the batched product
-        for i, (rows, _) in enumerate(idx.search(qs, 150, live, batch_threshold=threshold)):
+    for threshold, algo in ((100, "taat"), (100, "maxscore"), (1, "taat")):  # per query and the batched product
+        for i, (rows, _) in enumerate(idx.search(qs, 150, live, batch_threshold=threshold, algorithm=algo)):
             expect = np.flatnonzero((ref[i] > 0) & live)
             assert sorted(rows.tolist()) == expect.tolist()
+
+
+@pytest.mark.parametrize("dtype", ["float32", "uint8"])
+def test_maxscore_equals_taat(dtype, monkeypatch):
+    """MaxScore returns exactly term-at-a-time's documents, in order, for any k and with deleted rows;
+    a query with one rare high-impact term and frequent low-impact ones does terminate early."""
+    rng = np.random.default_rng(7)
+    docs = random_lex(3000, 400, 25, 8)
+    idx = SparseIndex(400, {"dtype": dtype})
+    idx.add(docs)
+    lens = np.diff(idx.inverted()[0])
+    rare = np.flatnonzero(lens == lens[lens > 0].min())[0]  # the id held by the fewest documents
+    common = np.argsort(-lens)[:3]  # the three longest posting lists
+    designed = LexicalWeights(np.array([0, 4]), np.concatenate([[rare], common]).astype(np.int64),
+                              np.array([1.0, 0.01, 0.01, 0.01], np.float32), 400)
+    probes = []
+    real = np.searchsorted
+    monkeypatch.setattr(np, "searchsorted", lambda *a, **kw: probes.append(1) or real(*a, **kw))
+    assert [r.tolist() for r, _ in idx.search(designed, 1, None, algorithm="maxscore")] == \
+        [r.tolist() for r, _ in idx.search(designed, 1, None, algorithm="taat")]
+    assert probes, "the designed query should switch to probing candidates"
+    qs = random_lex(20, 400, 10, 9)
+    live = rng.random(3000) > 0.2
+    for k in (1, 5, 50, 3000):
+        for lv in (None, live):
+            a = idx.search(qs, k, lv, algorithm="maxscore")
+            b = idx.search(qs, k, lv, algorithm="taat")
+            for (ra, sa), (rb, sb) in zip(a, b, strict=True):
+                assert ra.tolist() == rb.tolist()
+                np.testing.assert_allclose(sa, sb, rtol=1e-6)
+    with pytest.raises(ValueError, match="algorithm"):
+        idx.search(qs, 3, None, algorithm="wand")
 
 
 def test_quantisation():

@@ -10,11 +10,12 @@ Codecs (bytes per token vector at D = 1024 in brackets):
 * ``fp32`` [4096] — exact;
 * ``fp16`` [2048] — half precision;
 * ``int8`` [1024 + per-segment scale] — symmetric, one scale per dimension (``max |x_d| / 127``);
-* ``residual`` [2 or 4 + D·nbits/8, 258 at 2 bits] — ColBERTv2/PLAID-style: the nearest of K
+* ``residual`` [2 or 4 + D·nbits/8 + 4, 262 at 2 bits] — ColBERTv2/PLAID-style: the nearest of K
   spherical k-means centroids (``faiss.Kmeans``) plus the residual quantised to ``nbits`` per
   dimension with bucket cut-offs at the residual's quantiles and bucket values at their midpoints;
-  decoded vectors are re-normalised. Centroids and buckets are fitted on the first ``add`` (at
-  most ``kmeans_sample`` vectors) and shared by later segments.
+  decoded vectors are re-normalised (the last 4 bytes: each decoded vector's norm, so that search
+  scores without re-normalising). Centroids and buckets are fitted on the first ``add`` (at most
+  ``kmeans_sample`` vectors) and shared by later segments.
 """
 
 from __future__ import annotations
@@ -63,6 +64,22 @@ class Segment:
 
     def file(self, part: str) -> str:
         return f"mv.{self.number:05d}.{part}.npy"
+
+
+@dataclass
+class Prepared:
+    """Token vectors of some rows, ready for MaxSim (:meth:`MultiVecStore.similarities`).
+
+    Exact codecs and old residual segments: ``data`` holds the decoded unit vectors. Residual segments
+    with stored norms: ``data`` holds only the decoded residuals ``r`` and the similarity of a query
+    token ``q`` is ``(q·r + q·c) / |c + r|``, with ``q·c`` read from a ``[n_q, K]`` centroid table — two
+    passes over ``[T, D]`` instead of the six a full decode and re-normalisation take.
+    """
+
+    data: np.ndarray  # [T, D] float32
+    offsets: np.ndarray  # [C+1] int64
+    codes: np.ndarray | None = None  # [T] int64 centroid ids
+    inv_norm: np.ndarray | None = None  # [T] float32
 
 
 class ResidualCodec:
@@ -117,6 +134,7 @@ class ResidualCodec:
         cdtype = np.uint16 if len(self.centroids) <= 1 << 16 else np.int32
         codes = np.empty(t, dtype=cdtype)
         packed = np.empty((t, d // per_byte), dtype=np.uint8)
+        norms = np.empty(t, dtype=np.float32)
         for s in range(0, t, _BLOCK):
             xb = np.asarray(x[s : s + _BLOCK], dtype=np.float32)
             cb = (xb @ self.centroids.T).argmax(1)
@@ -131,7 +149,10 @@ class ResidualCodec:
                 byte |= q[:, :, j] << (self.nbits * j)
             packed[s : s + len(xb)] = byte
             codes[s : s + len(xb)] = cb
-        return {"codes": codes, "resid": packed}
+            # norm of the decoded (centroid + bucket values) vector: lets search score q·(c + r) / |c + r|
+            # from q·c (a [n_q, K] table) and q·r without materialising and re-normalising c + r
+            norms[s : s + len(xb)] = np.linalg.norm(self.centroids[cb] + self.weights[q.reshape(len(xb), d)], axis=1)
+        return {"codes": codes, "resid": packed, "norms": norms}
 
     def decode(self, codes: np.ndarray, packed: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         """``[T, D]`` float32 unit vectors from centroid ids and packed residual codes (into ``out``)."""
@@ -147,6 +168,12 @@ class ResidualCodec:
         torch.index_select(self._centroids_t, 0, torch.from_numpy(np.asarray(codes).astype(np.int64)), out=o)
         o.add_(resid)
         o.div_(torch.linalg.vector_norm(o, dim=1, keepdim=True).clamp_min_(1e-12))
+        return out
+
+    def decode_residual(self, packed: np.ndarray, out: np.ndarray) -> np.ndarray:
+        """The bucket values ``[T, D]`` float32 of packed residual codes (no centroid, not normalised)."""
+        packed = np.asarray(packed)
+        np.take(self._lut_items, packed, out=out.view(self._lut_items.dtype).reshape(packed.shape))
         return out
 
     def arrays(self) -> dict[str, np.ndarray]:
@@ -218,7 +245,8 @@ class MultiVecStore:
                                                   seed=o["seed"])
                 self.codec_dirty = True
             arrays = self.residual.encode(data) if len(data) else {
-                "codes": np.zeros(0, np.uint16), "resid": np.zeros((0, self.dim * self.opts["nbits"] // 8), np.uint8)}
+                "codes": np.zeros(0, np.uint16), "resid": np.zeros((0, self.dim * self.opts["nbits"] // 8), np.uint8),
+                "norms": np.zeros(0, np.float32)}
         return Segment(number, start, np.asarray(cv.offsets, dtype=np.int64), arrays)
 
     def attach(self, seg: Segment) -> None:
@@ -243,24 +271,61 @@ class MultiVecStore:
             return ColbertVectors(np.zeros((0, self.dim), np.float32), np.zeros(1, np.int64))
         seg_of, lengths = self._locate(rows)
         offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
-        total = int(offsets[-1])
-        if scratch:
-            if self._scratch is None or len(self._scratch) < total:
-                grown = int(1.5 * (0 if self._scratch is None else len(self._scratch)))
-                self._scratch = np.empty((max(total, grown), self.dim), np.float32)
-            out = self._scratch[:total]
+        out = self._buffer(int(offsets[-1]), scratch)
+        if self.codec == "int8":  # per-segment scales: decoded segment by segment
+            for si in np.unique(seg_of):
+                seg = self.segments[int(si)]
+                pos = np.flatnonzero(seg_of == si)
+                local = rows[pos] - seg.start
+                take = _ranges(seg.offsets[local], seg.offsets[local + 1])
+                if pos[-1] - pos[0] + 1 == len(pos):  # a contiguous block of the output
+                    self._decode(seg, take, out[offsets[pos[0]] : offsets[pos[-1] + 1]])
+                else:
+                    out[_ranges(offsets[pos], offsets[pos + 1])] = self._decode(seg, take, None)
         else:
-            out = np.empty((total, self.dim), dtype=np.float32)
-        for si in np.unique(seg_of):
-            seg = self.segments[int(si)]
-            pos = np.flatnonzero(seg_of == si)
-            local = rows[pos] - seg.start
-            take = _ranges(seg.offsets[local], seg.offsets[local + 1])
-            if pos[-1] - pos[0] + 1 == len(pos):  # a contiguous block of the output
-                self._decode(seg, take, out[offsets[pos[0]] : offsets[pos[-1] + 1]])
-            else:
-                out[_ranges(offsets[pos], offsets[pos + 1])] = self._decode(seg, take, None)
+            # the payload of every segment is gathered first and decoded in one pass: a search's
+            # candidates are spread over many segments, and a few large torch ops cost far less than
+            # a few small ones per segment (each small op pays thread start-up, ~ms on a busy machine)
+            keys = ("codes", "resid") if self.codec == "residual" else ("data",)  # (residual norms: prepare)
+            parts, _ = self._gather(rows, lambda seg, take: tuple(seg.arrays[k][take] for k in keys))
+            self._decode_payload(dict(zip(keys, parts, strict=True)), out)
         return ColbertVectors(out, offsets)
+
+    def prepare(self, rows: np.ndarray, *, scratch: bool = False) -> Prepared:
+        """Token vectors of ``rows`` (in that order) for :meth:`similarities`: residual segments that
+        store norms skip the centroid add and re-normalisation (see :class:`Prepared`); otherwise
+        :meth:`get`. ``scratch`` as in :meth:`get`."""
+        rows = np.asarray(rows, dtype=np.int64)
+        fast = self.codec == "residual" and len(rows) > 0 and all("norms" in s.arrays for s in self.segments)
+        if not fast:
+            cv = self.get(rows, scratch=scratch)
+            return Prepared(cv.data, cv.offsets)
+        assert self.residual is not None
+        (codes, resid, norms), offsets = self._gather(
+            rows, lambda seg, take: (seg.arrays["codes"][take], seg.arrays["resid"][take], seg.arrays["norms"][take]))
+        out = self._buffer(len(codes), scratch)
+        self.residual.decode_residual(resid, out)
+        return Prepared(out, offsets, codes.astype(np.int64), 1.0 / np.maximum(norms, np.float32(1e-12)))
+
+    def similarities(self, q: np.ndarray, pv: Prepared) -> np.ndarray:
+        """``[n_q, T]`` float32 similarities of query token vectors ``q [n_q, D]`` to prepared vectors."""
+        qt = torch.from_numpy(np.ascontiguousarray(q, dtype=np.float32))
+        sim = qt @ torch.from_numpy(pv.data).T
+        if pv.codes is not None:
+            assert self.residual is not None
+            table = qt @ self.residual._centroids_t.T  # [n_q, K]
+            sim += torch.index_select(table, 1, torch.from_numpy(pv.codes))
+            sim *= torch.from_numpy(pv.inv_norm)
+        return sim.numpy()
+
+    def _buffer(self, total: int, scratch: bool) -> np.ndarray:
+        """A ``[total, D]`` float32 output: the reused scratch buffer, or a new array."""
+        if not scratch:
+            return np.empty((total, self.dim), dtype=np.float32)
+        if self._scratch is None or len(self._scratch) < total:
+            grown = int(1.5 * (0 if self._scratch is None else len(self._scratch)))
+            self._scratch = np.empty((max(total, grown), self.dim), np.float32)
+        return self._scratch[:total]
 
     def lengths(self) -> np.ndarray:
         """Token-vector count of every row ``[len(self)]`` (int64; cached until segments change)."""
@@ -291,12 +356,14 @@ class MultiVecStore:
         """
         if self.residual is None:
             raise ValueError("approximate scores need the residual codec")
-        table = np.asarray(q, dtype=np.float32) @ self.residual.centroids.T  # [n_q, K]
-        codes, offsets = self._gather(rows, lambda seg, take: seg.arrays["codes"][take].astype(np.intp))
-        return maxsim_reduce(table[:, codes], offsets)
+        table = torch.from_numpy(np.ascontiguousarray(q, dtype=np.float32)) @ self.residual._centroids_t.T  # [n_q, K]
+        (codes,), offsets = self._gather(rows, lambda seg, take: (seg.arrays["codes"][take],))
+        sim = torch.index_select(table, 1, torch.from_numpy(codes.astype(np.int64)))  # threaded, unlike NumPy's
+        return maxsim_reduce(sim.numpy(), offsets)
 
-    def _gather(self, rows: np.ndarray, read) -> tuple[np.ndarray, np.ndarray]:
-        """``read(segment, row indices)`` for the vectors of ``rows`` (in order) → (values, offsets)."""
+    def _gather(self, rows: np.ndarray, read) -> tuple[tuple[np.ndarray, ...], np.ndarray]:
+        """``read(segment, vector indices)`` → a tuple of per-vector arrays, for the vectors of ``rows``
+        (in order), concatenated over segments → (arrays, offsets)."""
         rows = np.asarray(rows, dtype=np.int64)
         starts = np.array([s.start for s in self.segments], dtype=np.int64)
         seg_of = np.searchsorted(starts, rows, side="right") - 1
@@ -311,30 +378,41 @@ class MultiVecStore:
             pieces.append((pos, read(seg, _ranges(a, b))))
         offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
         if len(pieces) == 1 and np.array_equal(pieces[0][0], np.arange(len(rows))):
-            return pieces[0][1], offsets
-        first = pieces[0][1] if pieces else np.zeros(0)
-        out = np.empty((int(offsets[-1]), *first.shape[1:]), dtype=first.dtype)
-        for pos, vals in pieces:
-            out[_ranges(offsets[pos], offsets[pos + 1])] = vals
-        return out, offsets
+            return tuple(np.asarray(v) for v in pieces[0][1]), offsets
+        total = int(offsets[-1])
+        in_order = bool(np.all(np.diff(seg_of) >= 0))
+        outs = []
+        for j in range(len(pieces[0][1]) if pieces else 0):
+            first = pieces[0][1][j]
+            arr = np.empty((total, *first.shape[1:]), dtype=first.dtype)
+            if in_order:  # each segment's rows are one block, blocks in segment order: plain concatenation
+                np.concatenate([p[1][j] for p in pieces], out=arr)
+            else:
+                for pos, vals in pieces:
+                    arr[_ranges(offsets[pos], offsets[pos + 1])] = vals[j]
+            outs.append(arr)
+        return tuple(outs), offsets
+
+    def _decode_payload(self, arrays: dict[str, np.ndarray], out: np.ndarray) -> None:
+        """Decode gathered fp32 / fp16 / residual payload rows into ``out [T, D]`` float32."""
+        if self.codec == "fp32":
+            out[...] = arrays["data"]
+        elif self.codec == "fp16":
+            # torch's vectorised fp16 → fp32 cast runs ~5× faster than numpy's
+            torch.from_numpy(out).copy_(torch.from_numpy(np.ascontiguousarray(arrays["data"])))
+        else:
+            assert self.residual is not None
+            self.residual.decode(arrays["codes"], arrays["resid"], out=out)
 
     def _decode(self, seg: Segment, take: np.ndarray, out: np.ndarray | None) -> np.ndarray:
-        """float32 vectors of segment rows ``take`` (sorted: each memory-mapped page is read once)."""
+        """int8 codec: float32 vectors of segment rows ``take`` (sorted: each page is read once)."""
         a = seg.arrays
         if out is None:
             out = np.empty((len(take), self.dim), dtype=np.float32)
-        # dtype conversions through torch: its vectorised fp16 / int8 → fp32 casts run ~5× faster than numpy's
-        if self.codec == "fp32":
-            out[...] = a["data"][take]
-        elif self.codec == "fp16":
-            torch.from_numpy(out).copy_(torch.from_numpy(np.ascontiguousarray(a["data"][take])))
-        elif self.codec == "int8":
-            o = torch.from_numpy(out)
-            o.copy_(torch.from_numpy(np.ascontiguousarray(a["data"][take])))
-            o.mul_(torch.from_numpy(np.array(a["scale"], dtype=np.float32)))  # a copy: memory maps are read-only
-        else:
-            assert self.residual is not None
-            self.residual.decode(a["codes"][take], a["resid"][take], out=out)
+        # through torch: its vectorised int8 → fp32 cast runs ~5× faster than numpy's
+        o = torch.from_numpy(out)
+        o.copy_(torch.from_numpy(np.ascontiguousarray(a["data"][take])))
+        o.mul_(torch.from_numpy(np.array(a["scale"], dtype=np.float32)))  # a copy: memory maps are read-only
         return out
 
     # ------------------------------------------------------------------ persistence

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ..output import M3Output
-from ..scoring import PAPER_WEIGHTS, maxsim_grouped, reciprocal_rank_fusion, weighted_sum
+from ..scoring import PAPER_WEIGHTS, maxsim_reduce, reciprocal_rank_fusion, weighted_sum
 
 if TYPE_CHECKING:
     from .core import M3Index
@@ -36,7 +36,7 @@ if TYPE_CHECKING:
 MODES = ("dense", "sparse", "multivec", "dense+sparse", "all", "rrf")
 RRF_K = 60
 RESIDUAL_COLBERT_DEPTH = 64  # residual store: candidates decompressed after the centroid-only first stage
-COLBERT_DECODE_BUDGET = 1 << 26  # floats decoded at once when re-ranking a group of queries (256 MiB)
+COLBERT_DECODE_BUDGET = 1 << 27  # floats decoded at once when re-ranking a group of queries (512 MiB)
 COLBERT_SIM_BUDGET = 1 << 25  # query-token × passage-token similarities held at once (128 MiB)
 DEPTHS = {  # mode → (dense_depth, sparse_depth, rerank_depth); None → k
     "dense": (None, 0, 0),
@@ -186,46 +186,69 @@ def colbert_many(index: M3Index, q: M3Output, requests: list[tuple[int, np.ndarr
     """Exact ColBERT MaxSim of query ``i``'s token vectors against each of ``rows`` for every
     ``(i, rows)`` request → one float32 array per request.
 
-    Requests are grouped so that each group decodes the union of its rows once and scores all its
-    queries with one ``[Σ n_q, T]`` matmul (:func:`~m3embed.scoring.maxsim_grouped`): batched
-    queries over a small corpus (evaluation) decode each passage once per group instead of once per
-    query. Group sizes are bounded by ``COLBERT_DECODE_BUDGET`` decoded floats and
-    ``COLBERT_SIM_BUDGET`` similarity entries.
+    Requests are grouped by the union of their rows (at most ``COLBERT_DECODE_BUDGET`` decoded
+    floats). Queries whose rows hold at least half of the union's vectors (batched queries over a
+    small corpus) share one decoding of the union and are scored against all of it, several per
+    ``[Σ n_q, T]`` matmul (at most ``COLBERT_SIM_BUDGET`` similarities); any other query decodes just
+    its own rows, so no query pays for passages it did not ask about. Residual stores are scored
+    without re-normalising (``MultiVecStore.prepare``).
     """
     mv = index.multivec
+    requests = [(i, np.asarray(rows, dtype=np.int64)) for i, rows in requests]
     out: list[np.ndarray] = [np.zeros(0, np.float32)] * len(requests)
     dim = mv.dim
-    n_rows = len(mv)
     lengths = mv.lengths()
-    seen = np.zeros(n_rows, dtype=bool)
+    seen = np.zeros(len(mv), dtype=bool)
     group: list[int] = []
-    vecs = qtok = 0
+    vecs = 0
 
     def flush() -> None:
-        nonlocal vecs, qtok
-        if group:
-            union = np.flatnonzero(seen)  # sorted: the memory map is read in row order
-            cv = mv.get(union, scratch=True)  # consumed right below
-            per_query = maxsim_grouped([q.colbert[requests[j][0]] for j in group], cv.data, cv.offsets)
-            for j, full in zip(group, per_query, strict=True):
-                out[j] = full[np.searchsorted(union, requests[j][1])]
-            seen[union] = False
+        nonlocal vecs
+        if not group:
+            return
+        union = np.flatnonzero(seen)  # sorted: the memory map is read in row order
+        total = int(lengths[union].sum())
+        whole, own = [], []
+        for j in group:
+            (whole if 2 * int(lengths[requests[j][1]].sum()) >= total else own).append(j)
+        if whole:
+            pv = mv.prepare(union, scratch=True)  # consumed right below
+        batch: list[int] = []
+        qtok = 0
+        for j in [*whole, -1]:  # -1: flush the last batch
+            nq = len(q.colbert[requests[j][0]]) if j >= 0 else 0
+            if batch and (j < 0 or (qtok + nq) * total > COLBERT_SIM_BUDGET):
+                qs = [np.asarray(q.colbert[requests[b][0]], dtype=np.float32) for b in batch]
+                sim = mv.similarities(np.concatenate(qs), pv)  # [Σ n_q, T]
+                start = 0
+                for b, x in zip(batch, qs, strict=True):
+                    full = maxsim_reduce(sim[start : start + len(x)], pv.offsets)
+                    out[b] = full[np.searchsorted(union, requests[b][1])]
+                    start += len(x)
+                batch, qtok = [], 0
+            if j >= 0:
+                batch.append(j)
+                qtok += nq
+        for j in own:  # decoding just its rows costs less than gathering them from a decoded union
+            i, rows = requests[j]
+            u = np.unique(rows)
+            pv = mv.prepare(u, scratch=True)
+            sc = maxsim_reduce(mv.similarities(q.colbert[i], pv), pv.offsets)
+            out[j] = sc[np.searchsorted(u, rows)]
+        seen[union] = False
         group.clear()
-        vecs = qtok = 0
+        vecs = 0
 
-    for j, (i, rows) in enumerate(requests):
-        rows = np.asarray(rows, dtype=np.int64)
+    for j, (_, rows) in enumerate(requests):
         if len(rows) == 0:
             continue
         new = rows[~seen[rows]]
         add = int(lengths[new].sum())
-        nq = len(q.colbert[i])
-        if group and ((vecs + add) * dim > COLBERT_DECODE_BUDGET or (qtok + nq) * (vecs + add) > COLBERT_SIM_BUDGET):
+        if group and (vecs + add) * dim > COLBERT_DECODE_BUDGET:
             flush()
-            new, add = rows, int(lengths[rows].sum())
+            new, add = np.unique(rows), int(lengths[np.unique(rows)].sum())
         seen[new] = True
         vecs += add
-        qtok += nq
         group.append(j)
     flush()
     return out
