@@ -73,6 +73,7 @@ def main() -> None:
     ap.add_argument("--codecs", default=",".join(CODECS))
     ap.add_argument("--modes", default="multivec,all")
     ap.add_argument("--max-length", type=int, default=512)
+    ap.add_argument("-k", type=int, default=100, help="documents per query (a ColBERT depth below k has no effect)")
     ap.add_argument("--cache", default=str(REPO / ".cache/codec_quality"))
     ap.add_argument("--json", default=None, help="write the results here")
     args = ap.parse_args()
@@ -95,7 +96,7 @@ def main() -> None:
           f"{time.perf_counter() - t:.0f} s", flush=True)
     modes = args.modes.split(",")
     fp32_bytes = docs.colbert.data.shape[0] * docs.colbert.data.shape[1] * 4 / len(docs)
-    results: dict = {"dataset": ds.name, "split": args.split, "model": args.model, "queries": len(qids),
+    results: dict = {"dataset": ds.name, "split": args.split, "model": args.model, "k": args.k, "queries": len(qids),
                      "docs": len(ds.corpus), "fp32_bytes_per_passage": fp32_bytes, "codecs": {}}
     base_runs: dict[str, dict] = {}
     for label in args.codecs.split(","):
@@ -108,17 +109,17 @@ def main() -> None:
         row["fp32_fraction"] = row["bytes_per_passage"] / fp32_bytes
         for mode in modes:
             t = time.perf_counter()
-            hits = idx.search(queries, k=100, mode=mode, **search_opts)
+            hits = idx.search(queries, k=args.k, mode=mode, **search_opts)
             secs = time.perf_counter() - t
             run = hits_to_run(qids, hits)
-            m = evaluate_run(ds.qrels, run, ("ndcg@10", "recall@100")).mean
+            m = evaluate_run(ds.qrels, run, ("nDCG@10", "R@100")).mean
             top10 = {q: [h.id for h in hh[:10]] for q, hh in zip(qids, hits, strict=True)}
             if label == "fp32":
                 base_runs[mode] = top10
             base = base_runs.get(mode)
             overlap = (float(np.mean([len(set(top10[q]) & set(base[q])) / max(1, len(base[q])) for q in qids]))
                        if base else None)
-            row[mode] = {"ndcg@10": m["ndcg@10"], "recall@100": m["recall@100"], "overlap@10": overlap,
+            row[mode] = {"ndcg@10": m["nDCG@10"], "recall@100": m["R@100"], "overlap@10": overlap,
                          "search_s": secs}
         idx.close(discard=True)
         results["codecs"][label] = row

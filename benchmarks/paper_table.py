@@ -45,12 +45,12 @@ def main() -> None:
         M3Model.from_pretrained(args.model)
     rows = []
     for d in args.datasets:
-        name = "_".join(Path(d).parts[-2:]) if Path(d).parent.name == "paragraph" else Path(d).name
+        name = f"{Path(d).parents[1].name}_{Path(d).name}" if Path(d).parent.name == "paragraph" else Path(d).name
         t = time.perf_counter()
         res = evaluate(d, args.split, model, max_passage_length=args.max_passage_length,
                        max_query_length=args.max_query_length, batch_size=args.batch_size, mcls=args.mcls,
                        out_dir=args.out / name, show_progress=False)
-        scores = {s.key: s.metrics.mean["ndcg@10"] for s in res.systems}
+        scores = {s.key: s.metrics.mean["nDCG@10"] for s in res.systems}
         rows.append({"dataset": name, "docs": res.dataset.get("docs"), "queries": res.dataset.get("queries"),
                      "ndcg@10": scores, "seconds": time.perf_counter() - t})
         print(f"{name}: " + "  ".join(f"{label} {scores.get(key, float('nan')):.4f}" for key, label in COLUMNS),

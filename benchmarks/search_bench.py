@@ -379,7 +379,8 @@ def _dense_sparse_part(args, idx, qs, one, vecs, hnsw, report: dict, root: Path)
         ov = np.mean([len(set(a[0]) & set(b[0])) / max(1, len(b[0])) for a, b in zip(got, ref, strict=True)])
         report["sparse"][f"{dtype}_p50_ms"] = pct(ts_q, 50)
         report["sparse"][f"{dtype}_overlap@10"] = float(ov)
-    report["sparse"]["seismic"] = bench_seismic(D, qs.lexical, sparse, nq) if not args.no_hnsw else {"skipped": 1}
+    skip = args.no_hnsw or args.no_seismic
+    report["sparse"]["seismic"] = bench_seismic(D, qs.lexical, sparse, nq) if not skip else {"skipped": 1}
     print("  sparse:", json.dumps(report["sparse"]), flush=True)
     _dump(args, report)
     idx.close()
@@ -526,6 +527,7 @@ def main() -> None:
     ap.add_argument("--keep", action="store_true", help="keep the large index on disk")
     ap.add_argument("--reuse", action="store_true", help="reuse a kept large index (re-measure search only)")
     ap.add_argument("--no-hnsw", action="store_true", help="skip the HNSW and pyseismic builds")
+    ap.add_argument("--no-seismic", action="store_true", help="skip the pyseismic-lsr build (minutes at 100k)")
     ap.add_argument("--in-memory", action="store_true", help="read the large index into RAM (no memory map)")
     ap.add_argument("--json", type=Path, default=None, help="write the report here")
     args = ap.parse_args()
