@@ -9,6 +9,10 @@ SDPA), our ``M3Model.optimize("fp32")`` and ``("int8")`` / ``("bf16")`` paths, O
 and int8. Reported: non-pad tokens/s, the ratio to torch fp32, and the max abs deviation of the
 last hidden state (and min cosine of the [CLS] state) from torch fp32.
 
+Status (2026-11-28): export and the fused optimizer run; ``quantize_dynamic`` on the fused graph
+fails in ONNX Runtime 1.32's shape inference (next: quantise the unfused export, or run
+``onnxruntime.quantization.shape_inference.quant_pre_process`` first). No timings recorded yet.
+
 Needs ``pip install onnx onnxscript onnxruntime`` (not dependencies of m3embed)::
 
     python benchmarks/onnx_probe.py --n 200
@@ -97,7 +101,15 @@ def main() -> None:
     onnx_path = work / "backbone.onnx"
     a0, m0 = (torch.from_numpy(x) for x in bs[0])
     t = time.perf_counter()
-    torch.onnx.export(backbone, (a0, m0), str(onnx_path), input_names=["input_ids", "attention_mask"],
+    class Backbone(torch.nn.Module):  # keyword call: transformers 5's forward takes no positional mask
+        def __init__(self, m):
+            super().__init__()
+            self.m = m
+
+        def forward(self, input_ids, attention_mask):
+            return self.m(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
+
+    torch.onnx.export(Backbone(backbone).eval(), (a0, m0), str(onnx_path), input_names=["input_ids", "attention_mask"],
                       output_names=["last_hidden_state"], opset_version=17, dynamo=False,
                       dynamic_axes={"input_ids": {0: "b", 1: "l"}, "attention_mask": {0: "b", 1: "l"},
                                     "last_hidden_state": {0: "b", 1: "l"}})
