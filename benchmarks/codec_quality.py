@@ -43,6 +43,8 @@ CODECS = {  # label → (codec, index options, search options)
 }
 
 
+# Not backend_parity.py's cache: that one keeps ColBERT vectors in float16, and here the fp32 codec is
+# the reference every other codec is measured against, so the vectors are cached in float32.
 def save_output(path: Path, out: M3Output) -> None:
     tmp = path.with_suffix(".tmp.npz")
     np.savez(tmp, dense=out.dense, indptr=out.lexical.indptr, ids=out.lexical.ids, weights=out.lexical.weights,
