@@ -119,11 +119,13 @@ def _worker(args: argparse.Namespace) -> None:
     out_dir = Path(args.out)
     stats: dict = {"engine": args.worker, "threads": torch.get_num_threads()}
     kw = {"batch_size": args.batch_size, "max_length": args.max_length}
+    cuda = args.device.startswith("cuda")
     t0 = time.perf_counter()
-    if args.worker == "reference":
+    if args.worker.startswith("reference"):
         from FlagEmbedding import BGEM3FlagModel
 
-        model = BGEM3FlagModel(str(args.checkpoint), use_fp16=False, devices="cpu")
+        fp16 = args.worker == "reference:fp16"
+        model = BGEM3FlagModel(str(args.checkpoint), use_fp16=fp16, devices=args.device)
 
         def run(xs):
             return model.encode(xs, return_dense=True, return_sparse=True, return_colbert_vecs=True, **kw)
@@ -131,7 +133,11 @@ def _worker(args: argparse.Namespace) -> None:
         from m3embed import M3Model
 
         mode = args.worker.split(":", 1)[1]
-        model = M3Model.from_pretrained(args.checkpoint, precision=None if mode == "default" else mode)
+        if cuda:  # GPU: a plain forward in the mode's dtype (the precision paths are CPU kernels)
+            dtype = {"default": None, "fp32": None, "fp16": "fp16", "bf16": "bf16"}[mode]
+            model = M3Model.from_pretrained(args.checkpoint, device=args.device, dtype=dtype)
+        else:
+            model = M3Model.from_pretrained(args.checkpoint, precision=None if mode == "default" else mode)
 
         def run(xs):
             return model.encode(xs, return_dense=True, return_sparse=True, return_colbert=True, **kw)
@@ -150,7 +156,11 @@ def _worker(args: argparse.Namespace) -> None:
     own = stats["cpu_user_s"] + stats["cpu_sys_s"]
     stats["foreign_cores"] = max(0.0, (busy1 - busy0) - own) / stats["encode_s"] if busy0 is not None else None
     stats["peak_rss_mib"] = _peak_rss_mib()
-    if args.worker == "reference":
+    if cuda:
+        import torch
+
+        stats["peak_gpu_mib"] = torch.cuda.max_memory_allocated() / 2**20
+    if args.worker.startswith("reference"):
         dense = np.asarray(out["dense_vecs"], dtype=np.float32)
         lex = out["lexical_weights"]
         indptr = np.concatenate([[0], np.cumsum([len(d) for d in lex])]).astype(np.int64)
@@ -209,11 +219,14 @@ def _run_engine(engine: str, args: argparse.Namespace, texts_file: Path, work: P
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         env[var] = str(args.threads)
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
-    python = args.ours_python if engine != "reference" and args.ours_python else sys.executable
+    reference = engine.startswith("reference")
+    if reference and args.reference_pythonpath:  # e.g. a transformers 4.x + FlagEmbedding --target dir
+        env["PYTHONPATH"] = os.pathsep.join([args.reference_pythonpath, env["PYTHONPATH"]])
+    python = args.ours_python if not reference and args.ours_python else sys.executable
     cmd = [python, str(Path(__file__).resolve()), "--worker", engine, "--texts", str(texts_file),
            "--out", str(out), "--checkpoint", str(args.checkpoint), "--threads", str(args.threads),
            "--batch-size", str(args.batch_size), "--max-length", str(args.max_length),
-           "--warmup", str(args.warmup)]
+           "--warmup", str(args.warmup), "--device", args.device]
     print(f"running {engine} ...", flush=True)
     with open(out / "log.txt", "w") as log:
         rc = subprocess.run(cmd, env=env, stdout=log, stderr=subprocess.STDOUT).returncode
@@ -234,6 +247,14 @@ def main(argv: list[str] | None = None) -> None:
                         "first and the deviations of the others are measured against it")
     p.add_argument("--reference", action=argparse.BooleanOptionalAction, default=True,
                    help="also run FlagEmbedding (default on)")
+    p.add_argument("--device", default="cpu",
+                   help="cpu (default) or cuda: on cuda our modes are default/fp32, fp16, bf16 (dtype of a plain "
+                        "forward) and the reference runs in fp32 and with use_fp16")
+    p.add_argument("--reference-pythonpath", default=None,
+                   help="prepended to PYTHONPATH for the reference only (FlagEmbedding needs transformers < 5)")
+    p.add_argument("--texts-json", type=Path, default=None,
+                   help="read the passages from this JSON list instead of selecting them from --data")
+    p.add_argument("--dump-texts", type=Path, default=None, help="write the selected passages here and exit")
     p.add_argument("--threads", type=int, default=2, help="torch threads per engine (default 2)")
     p.add_argument("--seed", type=int, default=0, help="seed of the passage selection")
     p.add_argument("--warmup", type=int, default=40, help="texts in the untimed first call (default 40)")
@@ -252,13 +273,20 @@ def main(argv: list[str] | None = None) -> None:
         return
 
     sys.path.insert(0, str(REPO / "src"))
+    if args.texts_json is not None:
+        texts = json.loads(args.texts_json.read_text(encoding="utf-8"))[: args.n]
+    else:
+        texts = select_texts(args.n, args.seed, args.data)
+    if args.dump_texts is not None:
+        args.dump_texts.write_text(json.dumps(texts, ensure_ascii=False), encoding="utf-8")
+        return
     ensure_checkpoint(args.checkpoint, args.tokenizer)
-    texts = select_texts(args.n, args.seed, args.data)
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     if "default" not in modes:
         modes.insert(0, "default")
     modes.sort(key=lambda m: m != "default")
-    engines = ([] if not args.reference else ["reference"]) + [f"m3embed:{m}" for m in modes]
+    refs = ["reference", "reference:fp16"] if args.device.startswith("cuda") else ["reference"]
+    engines = (refs if args.reference else []) + [f"m3embed:{m}" for m in modes]
 
     with tempfile.TemporaryDirectory(prefix="m3bench") as tmp:
         work = Path(tmp)
@@ -273,20 +301,27 @@ def main(argv: list[str] | None = None) -> None:
             if e == "m3embed:default":
                 if args.reference:
                     results[e]["deviation_vs_reference"] = deviations(base, _load(dirs["reference"]))
-            elif e != "reference":
+            elif e.startswith("m3embed"):
                 results[e]["deviation_vs_fp32"] = deviations(_load(dirs[e]), base)
+            elif e != "reference":
+                results[e]["deviation_vs_reference"] = deviations(_load(dirs[e]), _load(dirs["reference"]))
 
     ref_tps = n_tokens / results["reference"]["encode_s"] if args.reference else None
     print(f"\n{args.n} passages, {n_tokens} non-pad tokens (max_length {args.max_length}), batch size "
-          f"{args.batch_size}, {args.threads} threads, dense + sparse + ColBERT, CPU")
+          f"{args.batch_size}, {args.threads} threads, dense + sparse + ColBERT, {args.device}")
     print(f"{'engine':24s} {'load s':>7s} {'cold s':>7s} {'encode s':>9s} {'tokens/s':>9s} {'vs ref':>7s} "
           f"{'peak RSS MiB':>13s} {'busy cores':>10s}")
     for e in engines:
         r = results[e]
         tps = n_tokens / r["encode_s"]
         r["tokens_per_s"] = tps
-        ratio = f"{tps / ref_tps:7.2f}" if ref_tps else "      -"
-        r["ratio_vs_reference"] = tps / ref_tps if ref_tps else None
+        # on GPU each of our modes is compared with the reference at the same precision class
+        peer = "reference:fp16" if e in ("m3embed:fp16", "m3embed:bf16") and "reference:fp16" in results else None
+        peer_tps = n_tokens / results[peer]["encode_s"] if peer else ref_tps
+        ratio = f"{tps / peer_tps:7.2f}" if peer_tps else "      -"
+        r["ratio_vs_reference"] = tps / peer_tps if peer_tps else None
+        if "peak_gpu_mib" in r:
+            print(f"{'':24s} peak GPU memory {r['peak_gpu_mib']:.0f} MiB")
         fc = r.get("foreign_cores")
         print(f"{e:24s} {r['load_s']:7.1f} {r['cold_call_s']:7.1f} {r['encode_s']:9.1f} {tps:9.0f} {ratio} "
               f"{r['peak_rss_mib']:13.0f} {'-' if fc is None else f'{fc:.2f}':>10s}")
@@ -301,7 +336,7 @@ def main(argv: list[str] | None = None) -> None:
                   f"keys {dev['sparse_key_diff']}")
     if args.json:
         meta = {"n": args.n, "n_tokens": n_tokens, "batch_size": args.batch_size, "max_length": args.max_length,
-                "threads": args.threads, "seed": args.seed}
+                "threads": args.threads, "seed": args.seed, "device": args.device}
         args.json.write_text(json.dumps({"meta": meta, "results": results}, indent=2))
 
 

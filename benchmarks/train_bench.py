@@ -79,10 +79,13 @@ def _child_env(threads: int) -> dict:
     return env
 
 
-def _run_child(args: list[str], threads: int, timeout: int) -> dict:
+def _run_child(args: list[str], threads: int, timeout: int, pythonpath: str | None = None) -> dict:
     cmd = [sys.executable, __file__, *args]
+    env = _child_env(threads)
+    if pythonpath:
+        env["PYTHONPATH"] = os.pathsep.join([pythonpath, env["PYTHONPATH"]])
     t0 = time.perf_counter()
-    res = subprocess.run(cmd, env=_child_env(threads), capture_output=True, text=True, timeout=timeout)
+    res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
     wall = time.perf_counter() - t0
     if res.returncode != 0:
         return {"error": (res.stderr or res.stdout)[-2500:], "wall_s": wall}
@@ -95,6 +98,12 @@ def _peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
 
+def _gpu_peak() -> dict:
+    import torch
+
+    return {"peak_gpu_mib": torch.cuda.max_memory_allocated() / 2**20} if torch.cuda.is_available() else {}
+
+
 # ---------------------------------------------------------------------------------- workers
 def worker_ours(a: argparse.Namespace) -> dict:
     import torch
@@ -105,7 +114,8 @@ def worker_ours(a: argparse.Namespace) -> dict:
     cfg = TrainConfig(model=a.ckpt, train_data=[a.data], output_dir=a.out, group_size=a.group, batch_size=a.batch,
                       query_max_len=a.q_len, passage_max_len=a.p_len, max_steps=a.steps, learning_rate=1e-5,
                       warmup_ratio=0.1, temperature=0.02, self_distill=True, self_distill_start_step=-1,
-                      sub_batch_size=a.sub_batch, progress=False, plot=False, seed=a.seed, max_grad_norm=1.0)
+                      sub_batch_size=a.sub_batch, progress=False, plot=False, seed=a.seed, max_grad_norm=1.0,
+                      device=a.device)
     t0 = time.perf_counter()
     trainer = M3Trainer(cfg)
     setup = time.perf_counter() - t0
@@ -116,7 +126,7 @@ def worker_ours(a: argparse.Namespace) -> dict:
     toks = sum(h["tokens"] for h in timed)
     return {"engine": "m3embed", "setup_s": setup, "step_s": [round(h["seconds"], 3) for h in steps],
             "tokens_per_step": steps[-1]["tokens"], "tokens_per_s": toks / secs,
-            "losses": [round(h["loss"], 4) for h in steps], "peak_rss_mib": _peak_rss_mib()}
+            "losses": [round(h["loss"], 4) for h in steps], "peak_rss_mib": _peak_rss_mib(), **_gpu_peak()}
 
 
 def worker_flag(a: argparse.Namespace) -> dict:
@@ -136,7 +146,8 @@ def worker_flag(a: argparse.Namespace) -> dict:
             "--per_device_train_batch_size", str(a.batch), "--max_steps", str(a.steps), "--learning_rate", "1e-5",
             "--warmup_ratio", "0.1", "--temperature", "0.02", "--unified_finetuning", "True",
             "--use_self_distill", "True", "--self_distill_start_step", "-1", "--normalize_embeddings", "True",
-            "--use_cpu", "True", "--save_strategy", "no", "--report_to", "none", "--logging_steps", "1",
+            *(["--use_cpu", "True"] if a.device == "cpu" else ["--bf16", "True"]),
+            "--save_strategy", "no", "--report_to", "none", "--logging_steps", "1",
             "--dataloader_num_workers", "0", "--seed", str(a.seed), "--max_grad_norm", "1.0",
             "--cache_path", str(Path(a.out).parent / "hf_cache"), "--disable_tqdm", "True"]
     if a.sub_batch:
@@ -168,7 +179,7 @@ def worker_flag(a: argparse.Namespace) -> dict:
     tokens_per_step = a.batch * a.q_len + a.batch * a.group * a.p_len
     return {"engine": "FlagEmbedding 1.4.2", "setup_s": setup, "step_s": [round(s, 3) for s in step_s],
             "tokens_per_step": tokens_per_step, "tokens_per_s": tokens_per_step * len(timed) / sum(timed),
-            "losses": losses, "peak_rss_mib": _peak_rss_mib()}
+            "losses": losses, "peak_rss_mib": _peak_rss_mib(), **_gpu_peak()}
 
 
 def worker_memory(a: argparse.Namespace) -> dict:
@@ -215,17 +226,18 @@ def cmd_compare(a: argparse.Namespace) -> None:
     make_data(data, rows=a.batch * (a.steps + 2), group=a.group, q_words=a.q_len * 2, p_words=a.p_len * 2)
     common = ["--ckpt", str(ckpt), "--data", str(data), "--batch", str(a.batch), "--group", str(a.group),
               "--q-len", str(a.q_len), "--p-len", str(a.p_len), "--steps", str(a.steps), "--threads",
-              str(a.threads), "--seed", "42"]
+              str(a.threads), "--seed", "42", "--device", a.device]
     runs: list[dict] = []
     for rep in range(a.repeats):
         for engine in a.engines:
-            out = _run_child([f"_{engine}", *common, "--out", str(work / f"out-{engine}")], a.threads, a.timeout)
+            out = _run_child([f"_{engine}", *common, "--out", str(work / f"out-{engine}")], a.threads, a.timeout,
+                             a.flag_pythonpath if engine == "flag" else None)
             out.setdefault("engine", engine)
             out["repeat"] = rep
             runs.append(out)
             print(json.dumps(out), file=sys.stderr)
     summary = {"shape": shape, "batch": a.batch, "group": a.group, "q_len": a.q_len, "p_len": a.p_len,
-               "steps": a.steps, "threads": a.threads, "runs": runs}
+               "steps": a.steps, "threads": a.threads, "device": a.device, "runs": runs}
     ok = {e: [r for r in runs if r["engine"] == n and "error" not in r]
           for e, n in (("ours", "m3embed"), ("flag", "FlagEmbedding 1.4.2"))}
     if ok["ours"] and ok["flag"]:
@@ -240,6 +252,11 @@ def cmd_compare(a: argparse.Namespace) -> None:
         summary["result"] = {"ours_tokens_per_s": t_ours, "flag_tokens_per_s": t_flag,
                              "throughput_ratio": t_ours / t_flag,
                              "ours_peak_rss_mib": m_ours, "flag_peak_rss_mib": m_flag, "memory_ratio": m_ours / m_flag}
+        if all("peak_gpu_mib" in r for r in ok["ours"] + ok["flag"]):
+            g_ours = med([r["peak_gpu_mib"] for r in ok["ours"]])
+            g_flag = med([r["peak_gpu_mib"] for r in ok["flag"]])
+            summary["result"].update(ours_peak_gpu_mib=g_ours, flag_peak_gpu_mib=g_flag,
+                                     gpu_memory_ratio=g_ours / g_flag)
     print(json.dumps(summary, indent=2))
 
 
@@ -315,6 +332,9 @@ def main() -> None:
     c.add_argument("--steps", type=int, default=6)
     c.add_argument("--repeats", type=int, default=1)
     c.add_argument("--engines", nargs="+", default=["ours", "flag"], choices=["ours", "flag"])
+    c.add_argument("--device", default="cpu", help="cpu (default) or cuda (both engines in bf16 autocast)")
+    c.add_argument("--flag-pythonpath", default=None,
+                   help="prepended to PYTHONPATH for FlagEmbedding only (it needs transformers < 5)")
     c.set_defaults(func=cmd_compare)
 
     m = sub.add_parser("memory", help="peak RSS of a 2048-token step with and without split-batch")
@@ -336,6 +356,7 @@ def main() -> None:
             w.add_argument(arg, type=int, required=True)
         w.add_argument("--seed", type=int, default=42)
         w.add_argument("--sub-batch", default=None)
+        w.add_argument("--device", default="cpu")
         w.set_defaults(func=lambda a, fn=fn: print(json.dumps(fn(_fix_sub(a)))))
     a = ap.parse_args()
     a.func(a)

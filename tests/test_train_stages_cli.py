@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 
 import pytest
 import torch
@@ -37,6 +38,21 @@ def test_stages_train_what_they_should(setup, stage):
     assert (heads_moved, body_moved) == ((True, False) if stage == "fix_encoder" else (False, True))
     if stage == "dense":
         assert set(trainer.history[0]) >= {"loss", "dense"} and "sparse" not in trainer.history[0]
+
+
+def test_freeze_patterns_keep_parameters_fixed(setup):
+    before = setup[2].state_dict()
+    cfg = _cfg(setup, "freeze", stage="fix_encoder", max_steps=1, learning_rate=1e-2, freeze=["colbert_linear.*"])
+    trainer = M3Trainer(cfg, model=copy.deepcopy(setup[2]))
+    # fix_encoder: the frozen encoder runs without dropout, the heads train
+    assert not trainer.model.backbone.training and trainer.model.sparse_linear.training
+    trainer.train()
+    after = trainer.model.state_dict()
+    assert torch.equal(before["colbert_linear.weight"], after["colbert_linear.weight"])
+    assert torch.equal(before["colbert_linear.bias"], after["colbert_linear.bias"])
+    assert not torch.equal(before["sparse_linear.weight"], after["sparse_linear.weight"])
+    with pytest.raises(ConfigError, match=re.escape("freeze: 'colbert.*' matches no parameter")):
+        M3Trainer(_cfg(setup, "freeze2", freeze=["colbert.*"]), model=copy.deepcopy(setup[2]))
 
 
 def test_fresh_heads_with_colbert_dim(setup):

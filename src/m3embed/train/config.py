@@ -36,6 +36,7 @@ class TrainConfig:
     colbert_dim: int = -1  #: ColBERT width for fresh heads (-1: hidden size)
     stage: str = "unified"  #: dense | unified | fix_encoder
     fix_position_embedding: bool = False  #: freeze position embeddings (long-context fine-tuning)
+    freeze: list[str] = field(default_factory=list)  #: fnmatch patterns of parameter names kept fixed
     attn_implementation: str = "sdpa"
 
     # ---- data

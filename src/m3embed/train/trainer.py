@@ -13,6 +13,7 @@ Output directory::
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import logging
 import math
@@ -88,7 +89,7 @@ class M3Trainer:
         self.eval_fn = eval_fn if eval_fn is not None else (_harness_eval(config) if config.eval_data else None)
         self.device = _pick_device(config.device)
         self.world = dist_utils.init_from_env(self.device.type)
-        if self.device.type == "cuda" and config.device is None:
+        if self.device.type == "cuda" and self.device.index is None:
             self.device = torch.device("cuda", self.world.local_rank)
         if self.device.type == "cuda":
             torch.cuda.set_device(self.device)
@@ -160,9 +161,16 @@ class M3Trainer:
             raise ConfigError(f"config: colbert_dim={want} but the model's ColBERT head has {self.model.colbert_dim} "
                               "outputs (set fresh_heads: true to start a new head of that width)")
 
+    def _train_mode(self) -> None:
+        self.model.train()
+        if self.cfg.stage == "fix_encoder":
+            # a frozen encoder gives fixed features: dropout would only add noise (and attention dropout
+            # sends SDPA to its slow math path: ~5× slower steps on CPU)
+            self.model.backbone.eval()
+
     def _setup_stage(self) -> None:
         cfg, m = self.cfg, self.model
-        m.train()
+        self._train_mode()
         for p in m.parameters():
             p.requires_grad_(True)
         if cfg.stage == "fix_encoder":
@@ -176,6 +184,15 @@ class M3Trainer:
             if emb is None:
                 raise ConfigError("config: fix_position_embedding: the encoder has no embeddings.position_embeddings")
             emb.weight.requires_grad_(False)
+        if cfg.freeze:
+            names = dict(m.named_parameters())
+            for pattern in cfg.freeze:
+                hits = [n for n in names if fnmatch.fnmatchcase(n, pattern)]
+                if not hits:  # a typo would otherwise silently train what was meant to stay fixed
+                    raise ConfigError(f"config: freeze: {pattern!r} matches no parameter of the model (names look "
+                                      f"like {', '.join(list(names)[:2])}, ..., colbert_linear.weight)")
+                for n in hits:
+                    names[n].requires_grad_(False)
         if cfg.gradient_checkpointing:
             if cfg.stage == "fix_encoder":
                 logger.warning("gradient_checkpointing has no effect with stage fix_encoder (no encoder backward)")
@@ -485,7 +502,7 @@ class M3Trainer:
         """Run ``eval_fn`` on rank 0 (others wait) and log its numbers as ``eval/<name>``."""
         if self.world.is_main:
             scores = self.eval_fn(self.model, self.step) or {}
-            self.model.train()
+            self._train_mode()
             rec = {f"eval/{k}": v for k, v in scores.items()}
             if rec:
                 self._append_metrics({"step": self.step, **rec})
