@@ -246,6 +246,31 @@ def test_colbert_many_small_and_large_requests(index, enc):
         np.testing.assert_allclose(scores, maxsim_packed(qs.colbert[i], cv.data, cv.offsets), rtol=0, atol=1e-6)
 
 
+def test_colbert_many_decodes_a_shared_union_once(index, enc, monkeypatch):
+    """Queries asking for rows already in the group's union join it even when one request alone is
+    over the decode budget (long documents): one decoding for all of them, same scores."""
+    import m3embed.index.search as search_mod
+    from m3embed.scoring import maxsim_packed
+
+    _, qs = enc
+    rows = np.arange(len(index.multivec))
+    reqs = [(i, rows) for i in range(len(qs))]
+    calls = []
+    prepare = type(index.multivec).prepare
+
+    def counting(self, r, **kw):
+        calls.append(len(r))
+        return prepare(self, r, **kw)
+
+    monkeypatch.setattr(type(index.multivec), "prepare", counting)
+    monkeypatch.setattr(search_mod, "COLBERT_DECODE_BUDGET", 1)
+    got = search_mod.colbert_many(index, qs, reqs)
+    assert calls == [len(rows)]
+    cv = index.multivec.get(rows)
+    for (i, _), scores in zip(reqs, got, strict=True):
+        np.testing.assert_allclose(scores, maxsim_packed(qs.colbert[i], cv.data, cv.offsets), rtol=0, atol=1e-6)
+
+
 def test_build_with_mcls_stores_mcls_vectors(model, tmp_path):
     """``M3Index.build(mcls=True)`` indexes what ``encode(mcls=True)`` gives (a [CLS] every 256 tokens)."""
     long_docs = [{"id": f"L{i}", "text": " ".join(WORDS[(i + j) % 20] for j in range(300 + 40 * i))} for i in range(3)]
