@@ -320,11 +320,10 @@ def main(argv: list[str] | None = None) -> None:
         peer_tps = n_tokens / results[peer]["encode_s"] if peer else ref_tps
         ratio = f"{tps / peer_tps:7.2f}" if peer_tps else "      -"
         r["ratio_vs_reference"] = tps / peer_tps if peer_tps else None
-        if "peak_gpu_mib" in r:
-            print(f"{'':24s} peak GPU memory {r['peak_gpu_mib']:.0f} MiB")
         fc = r.get("foreign_cores")
+        gpu = f"  peak GPU {r['peak_gpu_mib']:.0f} MiB" if "peak_gpu_mib" in r else ""
         print(f"{e:24s} {r['load_s']:7.1f} {r['cold_call_s']:7.1f} {r['encode_s']:9.1f} {tps:9.0f} {ratio} "
-              f"{r['peak_rss_mib']:13.0f} {'-' if fc is None else f'{fc:.2f}':>10s}")
+              f"{r['peak_rss_mib']:13.0f} {'-' if fc is None else f'{fc:.2f}':>10s}{gpu}")
     print("(busy cores: CPU other processes used during the timed call; > 0.1 means the timing is disturbed)")
     print("\ndeviations (dense cos min / max abs of dense, sparse weights, ColBERT; sparse keys differing)")
     for e in engines:

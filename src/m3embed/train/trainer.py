@@ -165,7 +165,7 @@ class M3Trainer:
         self.model.train()
         if self.cfg.stage == "fix_encoder":
             # a frozen encoder gives fixed features: dropout would only add noise (and attention dropout
-            # sends SDPA to its slow math path: ~5× slower steps on CPU)
+            # sends SDPA to its slow math path: steps took 2× as long on CPU)
             self.model.backbone.eval()
 
     def _setup_stage(self) -> None:
