@@ -11,8 +11,9 @@ text and a real model:
   ~150 ColBERT vectors per passage, the shape the issue names).
 * model — ``m3embed-small`` (``--precision``, bf16 by default: encoding 100k passages takes
   ~30 min on 2 cores); the index is built once and kept under ``--workdir`` (reruns reuse it).
-* index — residual 2-bit ColBERT store (memory-mapped), float32 impacts, flat dense; an HNSW
-  graph over the same dense vectors is swapped in for the approximate rows.
+* index — residual 2-bit ColBERT store (memory-mapped; codebook fitted on ``--codec-sample``
+  documents drawn from the whole corpus), float32 impacts, flat dense; an HNSW graph over the
+  same dense vectors is swapped in for the approximate rows.
 * queries — the set's test queries (1,190 for en), encoded at 512 tokens. nDCG@10 / R@100 on
   the judged queries with the eval harness's metrics, every mode, flat and HNSW, ``all`` at
   several ColBERT depths; latency p50 / p95 over ``--latency-queries`` single-query calls (query
@@ -119,6 +120,8 @@ def main() -> None:
     ap.add_argument("--ef-search", type=int, default=128)
     ap.add_argument("--ef-construction", type=int, default=200)
     ap.add_argument("--depths", default="64,32,16", help="ColBERT depths of the `all` rows")
+    ap.add_argument("--codec-sample", type=int, default=1024,
+                    help="documents drawn from the whole corpus to fit the residual codebook (0: the first chunk)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--workdir", type=Path, default=REPO / ".cache" / "real_scale")
     ap.add_argument("--json", type=Path, default=None)
@@ -147,22 +150,23 @@ def main() -> None:
     opts = {"multivec": "residual", "nbits": 2, "store_text": False}
     report: dict = {"n": args.n, "lang": args.lang, "judged_docs": len(judged), "queries": len(qids),
                     "max_length": args.max_length, "precision": args.precision, "threads": args.threads,
-                    "index_options": opts}
+                    "index_options": opts, "codec_sample": args.codec_sample}
 
-    big = args.workdir / f"index-{args.lang}-{args.n}-{args.max_length}-{args.precision}"
+    big = args.workdir / f"index-{args.lang}-{args.n}-{args.max_length}-{args.precision}-cs{args.codec_sample}"
     if (big / "manifest.json").exists():
         idx = M3Index.open(big, verify=False)
         print(f"reusing {big} ({idx.n_rows:,} rows)", flush=True)
     else:
         t = time.perf_counter()
-        idx = M3Index.build(corpus, model, big, batch_size=args.batch_size, max_length=args.max_length, **opts)
+        idx = M3Index.build(corpus, model, big, batch_size=args.batch_size, max_length=args.max_length,
+                            codec_sample=args.codec_sample, **opts)
         report["build_s"] = time.perf_counter() - t
         print(f"built {idx.n_rows:,} documents in {report['build_s']:.0f} s (encoding included)", flush=True)
         idx.close()
         idx = M3Index.open(big, verify=False)
     idx.model = model
     small = M3Index.build(judged, model, None, batch_size=args.batch_size, max_length=args.max_length,
-                          show_progress=False, **opts)
+                          show_progress=False, codec_sample=args.codec_sample, **opts)
     small.model = model
 
     t = time.perf_counter()

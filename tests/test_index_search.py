@@ -282,3 +282,44 @@ def test_build_with_mcls_stores_mcls_vectors(model, tmp_path):
     got = np.asarray(idx.dense.vectors)
     assert np.abs(got - plain).max() > 1e-3  # MCLS changes the dense vectors of long texts …
     np.testing.assert_allclose(got, want, rtol=0, atol=1e-6)  # … and the index holds the MCLS ones
+
+
+@pytest.mark.parametrize("codec_sample", [12, 0])
+def test_build_fits_the_residual_codebook_on_a_corpus_wide_sample(model, tmp_path, monkeypatch, codec_sample):
+    """``build`` fits the codebook on ``codec_sample`` documents drawn from the whole corpus (not just
+    the first chunk, which misrepresents a corpus sorted by source); ``codec_sample=0``: the first chunk."""
+    from m3embed.index.multivec import ResidualCodec
+
+    seen = []
+    real_fit = ResidualCodec.fit.__func__
+    monkeypatch.setattr(ResidualCodec, "fit", classmethod(lambda cls, x, **kw: seen.append(x.copy())
+                                                          or real_fit(cls, x, **kw)))
+    idx = M3Index.build(CORPUS, model, tmp_path / "i", show_progress=False, multivec="residual", centroids=8,
+                        chunk_size=16, codec_sample=codec_sample)
+    if codec_sample:
+        picks = sorted(np.random.default_rng(0).choice(len(CORPUS), codec_sample, replace=False).tolist())
+        assert max(picks) >= 16  # the sample reaches past the first chunk
+    else:
+        picks = list(range(16))
+    want = model.encode([CORPUS[i]["text"] for i in picks], return_dense=False, return_sparse=False,
+                        return_colbert=True).colbert.data
+    assert len(seen) == 1  # fitted once, shared by every chunk's segment
+    np.testing.assert_allclose(seen[0], want, rtol=0, atol=1e-5)
+    assert len(idx.multivec.segments) == 3 and idx.n_rows == len(CORPUS)
+    with pytest.raises(ValueError, match="before the first add"):
+        idx.fit_codec(model.encode(["x"], return_colbert=True))
+    idx.close()
+
+
+def test_fit_codec_errors(model, tmp_path):
+    enc = model.encode(["boats", "cars"], return_dense=True, return_sparse=True, return_colbert=True)
+    with pytest.raises(ValueError, match="only the residual codec"):
+        M3Index.create(tmp_path / "a", model, multivec="fp16").fit_codec(enc)
+    with pytest.raises(ValueError, match="no ColBERT vectors"):
+        M3Index.create(tmp_path / "b", model, multivec="residual").fit_codec(
+            model.encode(["boats"], return_dense=True, return_colbert=False))
+    idx = M3Index.create(tmp_path / "c", model, multivec="residual", centroids=2)
+    idx.fit_codec(enc)  # before any add: fine, and the first add keeps this codebook
+    centroids = idx.multivec.residual.centroids.copy()
+    idx.add(["a", "b"], enc)
+    np.testing.assert_array_equal(idx.multivec.residual.centroids, centroids)

@@ -14,8 +14,13 @@ Codecs (bytes per token vector at D = 1024 in brackets):
   spherical k-means centroids (``faiss.Kmeans``) plus the residual quantised to ``nbits`` per
   dimension with bucket cut-offs at the residual's quantiles and bucket values at their midpoints;
   decoded vectors are re-normalised (the last 4 bytes: each decoded vector's norm, so that search
-  scores without re-normalising). Centroids and buckets are fitted on the first ``add`` (at most
-  ``kmeans_sample`` vectors) and shared by later segments.
+  scores without re-normalising). Centroids and buckets are fitted once (at most ``kmeans_sample``
+  vectors) and shared by every segment: on a sample drawn from the whole corpus when
+  ``M3Index.build`` can (``codec_sample``) or the caller runs ``M3Index.fit_codec`` first, otherwise
+  on the first ``add``. A codebook fitted on an unrepresentative first chunk (a corpus sorted by
+  source or language) reconstructs the rest badly: at 100k real passages whose first 2,048 were
+  mostly Chinese, later token vectors decoded at cosine 0.87-0.90 instead of 0.96, and ColBERT
+  re-ranking lost 5.5 pt nDCG@10 against exact vectors.
 """
 
 from __future__ import annotations
@@ -213,6 +218,28 @@ class MultiVecStore:
         return int(total)
 
     # ------------------------------------------------------------------ writing
+    def fit(self, data: np.ndarray, *, what: str = "the sample") -> None:
+        """Fit the residual codec (centroids and buckets) on token vectors ``data [T, D]`` (at most
+        ``kmeans_sample`` of them, drawn at random). Only before the first segment exists: later
+        segments must share the codec of the earlier ones."""
+        if self.codec != "residual":
+            raise ValueError(f"only the residual codec is fitted; this store uses {self.codec!r}")
+        if self.segments:
+            raise ValueError("the residual codec is fitted before the first add; this store already holds "
+                             f"{len(self.segments)} segment(s) encoded with its codec")
+        data = np.asarray(data)
+        if data.ndim != 2 or data.shape[1] != self.dim:
+            raise ValueError(f"ColBERT vectors of shape {data.shape}; this index holds {self.dim}-d vectors")
+        o = self.opts
+        rng = np.random.default_rng(o["seed"])
+        sample = data if len(data) <= o["kmeans_sample"] else data[
+            np.sort(rng.choice(len(data), o["kmeans_sample"], replace=False))]
+        if len(sample) == 0:
+            raise ValueError(f"residual codec: {what} has no ColBERT vectors to fit centroids on")
+        self.residual = ResidualCodec.fit(sample, k=o["centroids"], nbits=o["nbits"], niter=o["kmeans_niter"],
+                                          seed=o["seed"])
+        self.codec_dirty = True
+
     def encode(self, cv: ColbertVectors, start: int, number: int) -> Segment:
         """Compress ``cv`` into a new segment for rows ``start …`` (not yet attached)."""
         data = np.asarray(cv.data)
@@ -235,15 +262,7 @@ class MultiVecStore:
             arrays = {"data": codes, "scale": scale}
         else:
             if self.residual is None:
-                o = self.opts
-                rng = np.random.default_rng(o["seed"])
-                sample = data if len(data) <= o["kmeans_sample"] else data[
-                    np.sort(rng.choice(len(data), o["kmeans_sample"], replace=False))]
-                if len(sample) == 0:
-                    raise ValueError("residual codec: the first add has no ColBERT vectors to fit centroids on")
-                self.residual = ResidualCodec.fit(sample, k=o["centroids"], nbits=o["nbits"], niter=o["kmeans_niter"],
-                                                  seed=o["seed"])
-                self.codec_dirty = True
+                self.fit(data, what="the first add")
             arrays = self.residual.encode(data) if len(data) else {
                 "codes": np.zeros(0, np.uint16), "resid": np.zeros((0, self.dim * self.opts["nbits"] // 8), np.uint8),
                 "norms": np.zeros(0, np.float32)}
