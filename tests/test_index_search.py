@@ -318,6 +318,8 @@ def test_fit_codec_errors(model, tmp_path):
     with pytest.raises(ValueError, match="no ColBERT vectors"):
         M3Index.create(tmp_path / "b", model, multivec="residual").fit_codec(
             model.encode(["boats"], return_dense=True, return_colbert=False))
+    with pytest.raises(ValueError, match="codec_sample must be a non-negative integer"):
+        M3Index.build(CORPUS, model, tmp_path / "d", show_progress=False, multivec="residual", codec_sample=-1)
     idx = M3Index.create(tmp_path / "c", model, multivec="residual", centroids=2)
     idx.fit_codec(enc)  # before any add: fine, and the first add keeps this codebook
     centroids = idx.multivec.residual.centroids.copy()

@@ -28,6 +28,8 @@ def index_cmd(
     sparse_dtype: Annotated[str, typer.Option(help=f"Sparse impacts: {' | '.join(SPARSE)}")] = "float32",
     nbits: Annotated[int, typer.Option(help="Residual codec: bits per dimension")] = 2,
     centroids: Annotated[int, typer.Option(help="Residual codec: k-means centroids")] = 1024,
+    codec_sample: Annotated[int, typer.Option(
+        help="Residual codec: documents drawn from the whole corpus to fit the codebook (0: the first chunk)")] = 1024,
     max_length: Annotated[int, typer.Option(help="Max tokens per passage, specials included")] = 512,
     batch_size: Annotated[int, typer.Option(help="Texts per forward pass")] = 32,
     device: Annotated[str | None, typer.Option(help="cpu, cuda, cuda:1, … (default cpu)")] = None,
@@ -52,7 +54,7 @@ def index_cmd(
     try:
         idx = M3Index.build(corpus, m, out_dir, batch_size=batch_size, max_length=max_length, show_progress=True,
                             multivec=multivec, dense=dense, sparse_dtype=sparse_dtype, nbits=nbits,
-                            centroids=centroids, store_text=store_text)
+                            centroids=centroids, store_text=store_text, codec_sample=codec_sample)
     except (ValueError, FileNotFoundError, UnicodeDecodeError) as e:
         error(e)
         raise typer.Exit(2) from None

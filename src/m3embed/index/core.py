@@ -264,6 +264,8 @@ class M3Index:
         """
         if engine not in ("local", "ray"):
             raise ValueError(f"engine {engine!r}: expected 'local' or 'ray'")
+        if isinstance(codec_sample, bool) or not isinstance(codec_sample, int) or codec_sample < 0:
+            raise ValueError(f"codec_sample must be a non-negative integer (documents), got {codec_sample!r}")
         if engine == "ray" or from_encoded is not None:
             if mcls:
                 raise ValueError("mcls=True is supported by the local engine only")
