@@ -120,6 +120,9 @@ def main() -> None:
     ap.add_argument("--ef-search", type=int, default=128)
     ap.add_argument("--ef-construction", type=int, default=200)
     ap.add_argument("--depths", default="64,32,16", help="ColBERT depths of the `all` rows")
+    ap.add_argument("--modes", default="dense,sparse,multivec,dense+sparse,all", help="modes of the 100k rows")
+    ap.add_argument("--efs", default="256,512", help="extra HNSW efSearch values (rows: dense, all)")
+    ap.add_argument("--skip-judged", action="store_true", help="skip the judged-documents-only reference rows")
     ap.add_argument("--codec-sample", type=int, default=1024,
                     help="documents drawn from the whole corpus to fit the residual codebook (0: the first chunk)")
     ap.add_argument("--threads", type=int, default=2)
@@ -208,10 +211,11 @@ def main() -> None:
 
     depths = [int(x) for x in args.depths.split(",")]
     big_flat, big_hnsw = f"{idx.n_rows:,} flat", f"{idx.n_rows:,} hnsw"
-    modes = ("dense", "sparse", "multivec", "dense+sparse", "all")
-    print(f"{len(judged)} judged documents alone (max length {args.max_length}):", flush=True)
-    for mode in modes:
-        row("judged only", small, mode)
+    modes = [m for m in args.modes.split(",") if m]
+    if not args.skip_judged:
+        print(f"{len(judged)} judged documents alone (max length {args.max_length}):", flush=True)
+        for mode in modes:
+            row("judged only", small, mode)
     small.close(discard=True)
     print(f"{idx.n_rows:,} documents, flat dense:", flush=True)
     for mode in modes:
@@ -236,12 +240,12 @@ def main() -> None:
           f"{report['hnsw_build_s']:.0f} s: recall vs flat @10 {report['hnsw_recall@10']:.4f} "
           f"@100 {report['hnsw_recall@100']:.4f}", flush=True)
     idx.dense = DenseIndex(flat_dense.dim, {"kind": "hnsw", "ef_search": args.ef_search}, flat_dense.vectors, hnsw)
-    for mode in ("dense", "multivec", "dense+sparse", "all"):
+    for mode in (m for m in modes if m != "sparse"):
         row(big_hnsw, idx, mode)
     for d in depths[1:]:
         row(big_hnsw, idx, "all", colbert_depth=d)
     # a wider beam: `all` asks HNSW for 200 dense candidates, `multivec` for 200, dense+sparse for 1000
-    for ef in (e for e in (256, 512) if e > args.ef_search):
+    for ef in (int(e) for e in args.efs.split(",") if e and int(e) > args.ef_search):
         hnsw.hnsw.efSearch = ef
         _, approx = hnsw.search(qd, 100)
         rec = float(np.mean([len(set(a[:10]) & set(b[:10])) / 10 for a, b in zip(approx, exact, strict=True)]))
