@@ -52,40 +52,33 @@ def rss_peak_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def distractor_texts(chunk_words: int):
+    """Every passage of train_short_docs (positives and negatives, file order), then the long
+    training documents cut into ``chunk_words``-word pieces."""
+    def groups(name: str):
+        with gzip.open(DATA / "train_mix" / name, "rt", encoding="utf-8") as f:
+            for line in f:
+                r = json.loads(line)
+                yield from r["pos"] + r["neg"]
+
+    yield from groups("train_short_docs.jsonl.gz")
+    for doc in groups("train_long_docs.jsonl.gz"):
+        words = doc.split()
+        for s in range(0, len(words), chunk_words):
+            yield " ".join(words[s : s + chunk_words])
+
+
 def write_corpus(path: Path, judged: list[dict], n: int, chunk_words: int) -> int:
     """``judged`` documents then distinct distractors up to ``n`` rows, as BEIR-style jsonl (atomic)."""
     seen = {d["text"] for d in judged}
     rows = list(judged)
-
-    def take(text: str) -> bool:
+    for text in distractor_texts(chunk_words):
+        if len(rows) >= n:
+            break
         text = text.strip()
         if text and text not in seen:
             seen.add(text)
             rows.append({"id": f"x{len(rows)}", "text": text})
-        return len(rows) >= n
-
-    done = len(rows) >= n
-    with gzip.open(DATA / "train_mix" / "train_short_docs.jsonl.gz", "rt", encoding="utf-8") as f:
-        for line in f:
-            if done:
-                break
-            r = json.loads(line)
-            for t in r["pos"] + r["neg"]:
-                if done := take(t):
-                    break
-    if not done:
-        with gzip.open(DATA / "train_mix" / "train_long_docs.jsonl.gz", "rt", encoding="utf-8") as f:
-            for line in f:
-                if done:
-                    break
-                r = json.loads(line)
-                for doc in r["pos"] + r["neg"]:
-                    words = doc.split()
-                    for s in range(0, len(words), chunk_words):
-                        if done := take(" ".join(words[s : s + chunk_words])):
-                            break
-                    if done:
-                        break
     if len(rows) < n:
         raise SystemExit(f"only {len(rows)} distinct passages available, asked for --n {n}")
     tmp = path.with_suffix(".tmp")
