@@ -222,6 +222,10 @@ def _run_engine(engine: str, args: argparse.Namespace, texts_file: Path, work: P
     reference = engine.startswith("reference")
     if reference and args.reference_pythonpath:  # e.g. a transformers 4.x + FlagEmbedding --target dir
         env["PYTHONPATH"] = os.pathsep.join([args.reference_pythonpath, env["PYTHONPATH"]])
+    if engine == "reference:malloc":  # the reference under the allocator policy m3embed sets for itself
+        env["MALLOC_MMAP_THRESHOLD_"] = env["MALLOC_TRIM_THRESHOLD_"] = str(1 << 30)
+    if not reference and not args.malloc_tuning:
+        env["M3EMBED_MALLOC_TUNING"] = "0"
     python = args.ours_python if not reference and args.ours_python else sys.executable
     cmd = [python, str(Path(__file__).resolve()), "--worker", engine, "--texts", str(texts_file),
            "--out", str(out), "--checkpoint", str(args.checkpoint), "--threads", str(args.threads),
@@ -247,6 +251,11 @@ def main(argv: list[str] | None = None) -> None:
                         "first and the deviations of the others are measured against it")
     p.add_argument("--reference", action=argparse.BooleanOptionalAction, default=True,
                    help="also run FlagEmbedding (default on)")
+    p.add_argument("--reference-malloc", action="store_true",
+                   help="also run the reference with glibc's mmap/trim thresholds raised as m3embed does for "
+                        "itself (m3embed.cpu_alloc), and print our ratios against that run too")
+    p.add_argument("--malloc-tuning", action=argparse.BooleanOptionalAction, default=True,
+                   help="let m3embed tune glibc malloc (default on; off sets M3EMBED_MALLOC_TUNING=0)")
     p.add_argument("--device", default="cpu",
                    help="cpu (default) or cuda: on cuda our modes are default/fp32, fp16, bf16 (dtype of a plain "
                         "forward) and the reference runs in fp32 and with use_fp16")
@@ -286,6 +295,8 @@ def main(argv: list[str] | None = None) -> None:
         modes.insert(0, "default")
     modes.sort(key=lambda m: m != "default")
     refs = ["reference", "reference:fp16"] if args.device.startswith("cuda") else ["reference"]
+    if args.reference_malloc and not args.device.startswith("cuda"):
+        refs.append("reference:malloc")
     engines = (refs if args.reference else []) + [f"m3embed:{m}" for m in modes]
 
     with tempfile.TemporaryDirectory(prefix="m3bench") as tmp:
@@ -309,8 +320,9 @@ def main(argv: list[str] | None = None) -> None:
     ref_tps = n_tokens / results["reference"]["encode_s"] if args.reference else None
     print(f"\n{args.n} passages, {n_tokens} non-pad tokens (max_length {args.max_length}), batch size "
           f"{args.batch_size}, {args.threads} threads, dense + sparse + ColBERT, {args.device}")
+    malloc_tps = n_tokens / results["reference:malloc"]["encode_s"] if "reference:malloc" in results else None
     print(f"{'engine':24s} {'load s':>7s} {'cold s':>7s} {'encode s':>9s} {'tokens/s':>9s} {'vs ref':>7s} "
-          f"{'peak RSS MiB':>13s} {'busy cores':>10s}")
+          f"{'peak RSS MiB':>13s} {'busy cores':>10s}" + (f" {'vs ref+malloc':>13s}" if malloc_tps else ""))
     for e in engines:
         r = results[e]
         tps = n_tokens / r["encode_s"]
@@ -322,8 +334,12 @@ def main(argv: list[str] | None = None) -> None:
         r["ratio_vs_reference"] = tps / peer_tps if peer_tps else None
         fc = r.get("foreign_cores")
         gpu = f"  peak GPU {r['peak_gpu_mib']:.0f} MiB" if "peak_gpu_mib" in r else ""
+        extra = ""
+        if malloc_tps:
+            r["ratio_vs_reference_malloc"] = tps / malloc_tps
+            extra = f" {tps / malloc_tps:13.2f}"
         print(f"{e:24s} {r['load_s']:7.1f} {r['cold_call_s']:7.1f} {r['encode_s']:9.1f} {tps:9.0f} {ratio} "
-              f"{r['peak_rss_mib']:13.0f} {'-' if fc is None else f'{fc:.2f}':>10s}{gpu}")
+              f"{r['peak_rss_mib']:13.0f} {'-' if fc is None else f'{fc:.2f}':>10s}{gpu}{extra}")
     print("(busy cores: CPU other processes used during the timed call; > 0.1 means the timing is disturbed)")
     print("\ndeviations (dense cos min / max abs of dense, sparse weights, ColBERT; sparse keys differing)")
     for e in engines:
@@ -335,7 +351,8 @@ def main(argv: list[str] | None = None) -> None:
                   f"keys {dev['sparse_key_diff']}")
     if args.json:
         meta = {"n": args.n, "n_tokens": n_tokens, "batch_size": args.batch_size, "max_length": args.max_length,
-                "threads": args.threads, "seed": args.seed, "device": args.device}
+                "threads": args.threads, "seed": args.seed, "device": args.device,
+                "malloc_tuning": args.malloc_tuning}
         args.json.write_text(json.dumps({"meta": meta, "results": results}, indent=2))
 
 

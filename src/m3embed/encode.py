@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
+from .cpu_alloc import tune_malloc
 from .output import ColbertVectors, LexicalWeights, M3Output
 
 if TYPE_CHECKING:
@@ -119,6 +120,8 @@ def _encode_ids(
     progress: Callable[[int], None] | None,
 ) -> M3Output:
     n = len(ids)
+    if model.device.type == "cpu":
+        tune_malloc()  # reuse large activation blocks instead of page-faulting them in per batch
     lengths = np.fromiter((len(x) for x in ids), dtype=np.int64, count=n)
     parts: list[tuple[np.ndarray, _BatchResult]] = []
     sink = _ColbertSink(model, ids, mcls) if colbert else None
