@@ -156,3 +156,40 @@ def test_a_bad_record_names_its_file_and_line(pool, tmp_path):
     (tmp_path / "in" / "bad.jsonl").write_text('{"_id": "a", "text": "ok"}\n\n{"_id": "b", "text": "ok" \n')
     with pytest.raises(ValueError, match=r"bad\.jsonl:3: not valid JSON"):
         encode_shards(tmp_path / "in", tmp_path / "out", None, pool=pool, **RUN)
+
+
+@pytest.mark.parametrize("codec_sample", [40, 0])
+def test_ingest_fits_the_residual_codebook_across_parts(pool, data, tmp_path, monkeypatch, codec_sample):
+    """A residual index fed from an encoded run fits its codebook on documents drawn from parts across the
+    whole run (10 from each of the 4 parts here), not on the first part only; ``codec_sample=0``: the first part."""
+    from m3embed.distributed.shards import read_encoded
+    from m3embed.index.multivec import ResidualCodec
+
+    model = data["model"]
+    enc = tmp_path / "enc"
+    encode_shards(data["shards"], enc, model, pool=pool, records="corpus", colbert=True, **RUN)
+    mats = {(p, r): np.asarray(part.output.colbert[r], np.float32)
+            for p, part in enumerate(read_encoded(enc)) for r in range(len(part.ids))}
+    by_first_row = {m[0].tobytes(): key for key, m in mats.items()}  # contextual vectors: unique per document
+    seen = []
+    real_fit = ResidualCodec.fit.__func__
+    monkeypatch.setattr(ResidualCodec, "fit", classmethod(lambda cls, x, **kw: seen.append(x.copy())
+                                                          or real_fit(cls, x, **kw)))
+    with M3Index.create(tmp_path / "idx", model, multivec="residual", centroids=8) as idx:
+        assert idx.ingest(enc, codec_sample=codec_sample) == 400
+        assert len(seen) == 1  # one codebook for every part's segment
+        docs, at = [], 0  # the fitted rows, split back into whole documents of the run
+        while at < len(seen[0]):
+            key = by_first_row[seen[0][at].astype(np.float32).tobytes()]
+            np.testing.assert_array_equal(seen[0][at : at + len(mats[key])], mats[key])
+            docs.append(key)
+            at += len(mats[key])
+        if codec_sample:
+            assert len(set(docs)) == 40 and [sum(p == k for p, _ in docs) for k in range(4)] == [10, 10, 10, 10]
+        else:
+            assert docs == [(0, r) for r in range(100)]  # the first part, as add does
+        idx.save()
+        assert all(len(h) == 5 for h in idx.search(QUERIES, k=5, mode="all", model=model))
+    bad = M3Index.create(tmp_path / "bad", model, multivec="residual")
+    with bad, pytest.raises(ValueError, match="codec_sample"):
+        bad.ingest(enc, codec_sample=-1)

@@ -629,8 +629,9 @@ def _progress(show: bool, total: int, completed: int):
 def build_index(cls: type[M3Index], corpus: Any, model: M3Model, path: str | os.PathLike[str] | None, *,
                 batch_size: int = 32, max_length: int = 512, show_progress: bool = True,
                 from_encoded: str | os.PathLike[str] | None = None, ray_options: Mapping[str, Any] | None = None,
-                index_options: Mapping[str, Any] | None = None) -> M3Index:
-    """``M3Index.build(..., engine="ray")`` / ``from_encoded=DIR``: encode on Ray (unless given), then ingest.
+                index_options: Mapping[str, Any] | None = None, codec_sample: int = 1024) -> M3Index:
+    """``M3Index.build(..., engine="ray")`` / ``from_encoded=DIR``: encode on Ray (unless given), then ingest
+    (a residual codebook is fitted on ``codec_sample`` documents drawn across the encoded parts).
 
     ``ray_options``: keyword arguments of :func:`encode_shards` (``address``, ``workers``,
     ``threads_per_worker``, ``part_rows``, …) plus ``encoded_dir`` (where the part outputs go; default
@@ -672,7 +673,7 @@ def build_index(cls: type[M3Index], corpus: Any, model: M3Model, path: str | os.
         raise ValueError("ray_options apply to encoding; with from_encoded nothing is encoded")
     idx = cls.create(path, model, **index_options)
     try:
-        ingest_encoded(idx, encoded)
+        ingest_encoded(idx, encoded, codec_sample=codec_sample)
         idx.save()
     except BaseException:
         idx.close(discard=True)

@@ -506,24 +506,48 @@ def read_encoded(root: str | os.PathLike[str], *, verify: bool = True) -> Iterat
                                   f"{len(m['plan'])} parts done, e.g. {missing[0]} is missing); rerun the encoder "
                                   "on the same output directory to finish it")
     for key in m["plan"]:
-        entry = m["parts"][key]
-        problem = entry_problem(root, None, entry, checksum=verify)
-        if problem is not None:
-            raise EncodedCorruptError(f"{problem}; rerun the encoder on {root} to re-encode it")
-        part = read_part_output(root / entry["file"])
-        if len(part.ids) != entry["rows"]:
-            raise EncodedCorruptError(f"{root / entry['file']}: {len(part.ids)} rows, the manifest says "
-                                      f"{entry['rows']}")
-        yield part
+        yield _read_entry(root, m["parts"][key], verify)
+
+
+def _read_entry(root: Path, entry: Mapping[str, Any], verify: bool) -> EncodedPart:
+    problem = entry_problem(root, None, entry, checksum=verify)
+    if problem is not None:
+        raise EncodedCorruptError(f"{problem}; rerun the encoder on {root} to re-encode it")
+    part = read_part_output(root / entry["file"])
+    if len(part.ids) != entry["rows"]:
+        raise EncodedCorruptError(f"{root / entry['file']}: {len(part.ids)} rows, the manifest says {entry['rows']}")
+    return part
+
+
+CODEC_SAMPLE_PARTS = 16  # parts read for the codebook sample: bounds the extra reads of a large run
+
+
+def _fit_codec_on_parts(index: M3Index, root: Path, m: Mapping[str, Any], n: int, verify: bool) -> None:
+    """Fit ``index``'s residual codebook on ``n`` documents drawn from up to :data:`CODEC_SAMPLE_PARTS`
+    parts spread evenly over the run (``n / parts`` at random from each), instead of on the first
+    part that ``add`` would see: one shard's source or language."""
+    keys = m["plan"]
+    picks = np.unique(np.linspace(0, len(keys) - 1, min(len(keys), CODEC_SAMPLE_PARTS)).round().astype(int))
+    per_part = -(-n // len(picks))
+    rng = np.random.default_rng(index.multivec.opts["seed"])
+    mats: list[np.ndarray] = []
+    for i in picks.tolist():
+        cv = _read_entry(root, m["parts"][keys[i]], verify).output.colbert
+        rows = np.sort(rng.choice(len(cv), min(per_part, len(cv)), replace=False))
+        mats += [np.asarray(cv[r]) for r in rows.tolist()]
+    data = np.concatenate(mats) if mats else np.zeros((0, index.multivec.dim), np.float32)
+    index.multivec.fit(data, what=f"the codebook sample of {root}")
 
 
 def ingest_encoded(index: M3Index, root: str | os.PathLike[str], *, verify: bool = True,
-                   progress: Any = None) -> int:
+                   progress: Any = None, codec_sample: int = 1024) -> int:
     """Add every document of a finished encoding run at ``root`` to a writable ``index`` (no re-encoding).
 
     The run's model must be the index's (fingerprint check), and it must hold dense vectors and
     lexical weights (and ColBERT vectors when the index stores them). Returns the rows added; the
-    caller saves the index. ``progress(n)`` is called after each part.
+    caller saves the index. ``progress(n)`` is called after each part. ``codec_sample``: an empty
+    index with the ``residual`` codec and a run of several parts first fits its codebook on that
+    many documents drawn from parts across the whole run (0: on the first part, as ``add`` does).
     """
     from ..index.core import _check_model
 
@@ -540,6 +564,12 @@ def ingest_encoded(index: M3Index, root: str | os.PathLike[str], *, verify: bool
     if index.multivec is not None and not s.get("colbert"):
         raise ValueError(f"{root}: the index stores ColBERT vectors but this run did not encode them "
                          "(encode with colbert=True, or build the index with multivec='none')")
+    if isinstance(codec_sample, bool) or not isinstance(codec_sample, int) or codec_sample < 0:
+        raise ValueError(f"codec_sample must be a non-negative integer (documents), got {codec_sample!r}")
+    mv = index.multivec
+    if (mv is not None and mv.codec == "residual" and mv.residual is None and not mv.segments and codec_sample > 0
+            and len(m["plan"]) > 1 and all(k in m["parts"] for k in m["plan"])):
+        _fit_codec_on_parts(index, root, m, codec_sample, verify)
     n = 0
     for part in read_encoded(root, verify=verify):
         out = part.output

@@ -260,7 +260,8 @@ class M3Index:
         ``codec_sample``: with the ``residual`` codec and a corpus longer than one chunk (a file or a
         sequence), the codebook is fitted on this many documents drawn at random from the whole
         corpus (encoded once more for it: ~1 % of the work at 100k) instead of on the first chunk,
-        which misrepresents corpora sorted by source or language; 0 fits on the first chunk.
+        which misrepresents corpora sorted by source or language; 0 fits on the first chunk. With
+        ``engine="ray"`` / ``from_encoded``, the documents are drawn from up to 16 parts spread over the run.
         """
         if engine not in ("local", "ray"):
             raise ValueError(f"engine {engine!r}: expected 'local' or 'ray'")
@@ -273,7 +274,7 @@ class M3Index:
 
             return build_index(cls, corpus, model, path, batch_size=batch_size, max_length=max_length,
                                show_progress=show_progress, from_encoded=from_encoded, ray_options=ray_options,
-                               index_options=index_options)
+                               index_options=index_options, codec_sample=codec_sample)
         idx = cls.create(path, model, **index_options)
         total = count_records(corpus)
         want_colbert = idx.multivec is not None
@@ -439,12 +440,13 @@ class M3Index:
                 raise ValueError(f"id {did!r} (index {i} of this batch) is already in the index; delete it first")
             seen.add(did)
 
-    def ingest(self, encoded_dir: str | Path, *, verify: bool = True) -> int:
+    def ingest(self, encoded_dir: str | Path, *, verify: bool = True, codec_sample: int = 1024) -> int:
         """Add every document of a finished sharded encoding run (``m3embed encode --engine ray``, or
-        :func:`m3embed.distributed.encode_shards`) without re-encoding; returns the rows added (``save`` commits)."""
+        :func:`m3embed.distributed.encode_shards`) without re-encoding; returns the rows added (``save`` commits).
+        ``codec_sample``: documents drawn across the run's parts to fit a residual codebook on (0: the first part)."""
         from ..distributed.shards import ingest_encoded
 
-        return ingest_encoded(self, encoded_dir, verify=verify)
+        return ingest_encoded(self, encoded_dir, verify=verify, codec_sample=codec_sample)
 
     def fit_codec(self, sample: M3Output | ColbertVectors) -> None:
         """Fit the residual codebook on the ColBERT vectors of a representative sample of the corpus
