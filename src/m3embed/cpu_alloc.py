@@ -4,7 +4,7 @@ Why this exists: glibc serves every allocation above its mmap threshold with a f
 hands it back with ``munmap`` on free. The dynamic threshold stops at 32 MiB, so each
 ``[tokens, 3072]`` float32 activation of a 4,096-token batch (48 MiB) is mapped, page-faulted in
 4 KiB at a time, and unmapped again, in every layer of every batch. Measured on the 2-core CI
-machine (XLM-R-base shape, 300 mixed passages, int8 engine): 3.6 M minor faults and 7 s of kernel
+machine (XLM-R-base shape, 300 mixed passages, int8 engine): 3.5 M minor faults and 7 s of kernel
 time for 60 s of encoding. Raising the mmap and trim thresholds lets freed blocks be reused
 instead. No allocator library does this for us (jemalloc / tcmalloc must be preloaded before the
 interpreter starts), so it is one ``mallopt`` call, made once per process.
@@ -36,7 +36,7 @@ def tune_malloc() -> bool:
     """Raise glibc's mmap / trim thresholds once per process; True when they are (now) raised.
 
     A no-op returning False off glibc, when ``M3EMBED_MALLOC_TUNING=0``, or when this glibc refuses
-    the values (before 2.35 the mmap threshold was capped at 32 MiB).
+    the values (older glibc versions cap the mmap threshold at 32 MiB).
     """
     global _state
     if _state is not None:
