@@ -500,13 +500,17 @@ def read_encoded(root: str | os.PathLike[str], *, verify: bool = True) -> Iterat
     m = read_manifest(root)
     if m is None:
         raise FileNotFoundError(f"{root}: no {MANIFEST} (not an encoded-output directory)")
-    missing = [k for k in m["plan"] if k not in m["parts"]]
+    missing = _missing_parts(m)
     if missing:
         raise EncodedCorruptError(f"{root}: encoding is not finished ({len(m['plan']) - len(missing)} of "
                                   f"{len(m['plan'])} parts done, e.g. {missing[0]} is missing); rerun the encoder "
                                   "on the same output directory to finish it")
     for key in m["plan"]:
         yield _read_entry(root, m["parts"][key], verify)
+
+
+def _missing_parts(m: Mapping[str, Any]) -> list[str]:
+    return [k for k in m["plan"] if k not in m["parts"]]
 
 
 def _read_entry(root: Path, entry: Mapping[str, Any], verify: bool) -> EncodedPart:
@@ -550,6 +554,7 @@ def ingest_encoded(index: M3Index, root: str | os.PathLike[str], *, verify: bool
     many documents drawn from parts across the whole run (0: on the first part, as ``add`` does).
     """
     from ..index.core import _check_model
+    from ..index.multivec import check_codec_sample
 
     root = Path(root)
     m = read_manifest(root)
@@ -564,11 +569,10 @@ def ingest_encoded(index: M3Index, root: str | os.PathLike[str], *, verify: bool
     if index.multivec is not None and not s.get("colbert"):
         raise ValueError(f"{root}: the index stores ColBERT vectors but this run did not encode them "
                          "(encode with colbert=True, or build the index with multivec='none')")
-    if isinstance(codec_sample, bool) or not isinstance(codec_sample, int) or codec_sample < 0:
-        raise ValueError(f"codec_sample must be a non-negative integer (documents), got {codec_sample!r}")
+    check_codec_sample(codec_sample)
     mv = index.multivec
-    if (mv is not None and mv.codec == "residual" and mv.residual is None and not mv.segments and codec_sample > 0
-            and len(m["plan"]) > 1 and all(k in m["parts"] for k in m["plan"])):
+    # an unfinished run is left to read_encoded, which names the missing part
+    if mv is not None and mv.needs_fit and codec_sample > 0 and len(m["plan"]) > 1 and not _missing_parts(m):
         _fit_codec_on_parts(index, root, m, codec_sample, verify)
     n = 0
     for part in read_encoded(root, verify=verify):

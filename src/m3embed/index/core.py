@@ -265,8 +265,7 @@ class M3Index:
         """
         if engine not in ("local", "ray"):
             raise ValueError(f"engine {engine!r}: expected 'local' or 'ray'")
-        if isinstance(codec_sample, bool) or not isinstance(codec_sample, int) or codec_sample < 0:
-            raise ValueError(f"codec_sample must be a non-negative integer (documents), got {codec_sample!r}")
+        mv_mod.check_codec_sample(codec_sample)
         if engine == "ray" or from_encoded is not None:
             if mcls:
                 raise ValueError("mcls=True is supported by the local engine only")
@@ -281,7 +280,7 @@ class M3Index:
         progress = _progress(show_progress, total)
         try:
             with progress as bar:
-                if (want_colbert and idx.multivec.codec == "residual" and codec_sample > 0 and total is not None
+                if (want_colbert and idx.multivec.needs_fit and codec_sample > 0 and total is not None
                         and total > chunk_size and isinstance(corpus, str | Path | Sequence)):
                     _fit_codec_on_sample(idx, model, corpus, total, codec_sample, bar, batch_size=batch_size,
                                          max_length=max_length, mcls=mcls)

@@ -186,6 +186,13 @@ class ResidualCodec:
                 "mv.bucket_weights.npy": self.weights}
 
 
+def check_codec_sample(n: object) -> int:
+    """``codec_sample`` (documents drawn to fit a residual codebook): a non-negative int, else ``ValueError``."""
+    if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+        raise ValueError(f"codec_sample must be a non-negative integer (documents), got {n!r}")
+    return n
+
+
 class MultiVecStore:
     """Segments of compressed token vectors; ``get(rows)`` decodes the vectors of some rows to float32."""
 
@@ -216,6 +223,11 @@ class MultiVecStore:
         if self.residual is not None:
             total += sum(a.nbytes for a in self.residual.arrays().values())
         return int(total)
+
+    @property
+    def needs_fit(self) -> bool:
+        """True for a residual store with no codebook yet (nothing added): ``fit`` may run now."""
+        return self.codec == "residual" and self.residual is None and not self.segments
 
     # ------------------------------------------------------------------ writing
     def fit(self, data: np.ndarray, *, what: str = "the sample") -> None:
