@@ -13,7 +13,11 @@ Run it in the reference's environment (FlagEmbedding needs transformers < 5)::
 ``src/`` is put on the children's ``PYTHONPATH``, so m3embed need not be installed there.
 Reported per engine: load time, the first (cold) call on a small warm-up set, the timed call,
 non-pad tokens/s of the timed call, peak RSS; per fast mode, the deviation of every
-representation from our fp32 output; for our fp32, the deviation from the reference.
+representation from our fp32 output; for our fp32, the deviation from the reference. On CPU a
+roofline follows: the forward's multiply-add work (:func:`forward_gflop`), this machine's best
+fp32 and int8 GEMM throughput at the model's shapes, each engine's achieved GFLOP/s, and the
+tokens/s (and ratio to the reference) of an fp32 engine doing all of that work at the fp32 GEMM
+peak — the ceiling of any equal-precision speed-up.
 """
 
 from __future__ import annotations
@@ -177,6 +181,47 @@ def _worker(args: argparse.Namespace) -> None:
     (out_dir / "stats.json").write_text(json.dumps(stats))
 
 
+# ---------------------------------------------------------------------------------- roofline
+def forward_gflop(lengths: list[int], shape: dict = SHAPE) -> dict:
+    """Multiply-add work of one encoder forward over texts of ``lengths`` tokens (no padding), GFLOP.
+
+    Linear layers: 2 FLOP per weight per token (Q, K, V, output, FFN in and out); attention:
+    2·L²·H for QKᵀ and again for PV, per layer and text. Embeddings, layer norms, softmax and
+    the heads are left out (elementwise work), so this is a lower bound on what any engine does.
+    """
+    h, f, n = shape["hidden"], shape["ffn"], shape["layers"]
+    tokens = sum(lengths)
+    linear = 2.0 * n * tokens * (4 * h * h + 2 * h * f)
+    attention = 4.0 * n * h * sum(L * L for L in lengths)
+    return {"linear": linear / 1e9, "attention": attention / 1e9, "total": (linear + attention) / 1e9}
+
+
+def _roofline_worker(args: argparse.Namespace) -> None:
+    """Best GEMM throughput of this machine at the model's shapes: fp32 (the equal-precision ceiling)
+    and int8 × int8 → int32 (``torch._int_mm``, the int8 mode's kernel), in GFLOP/s."""
+    import torch
+
+    torch.set_num_threads(args.threads)
+    h, f = SHAPE["hidden"], SHAPE["ffn"]
+    # (rows, in, out): the encoder's four linear shapes at 2,048- and 4,096-token batches, and one large square
+    shapes = [(m, k, n) for m in (2048, 4096) for k, n in ((h, 3 * h), (h, h), (h, f), (f, h))] + [(4096, 4096, 4096)]
+    best: dict = {"fp32": 0.0, "int8": 0.0}
+    for m, k, n in shapes:
+        for kind in best:
+            if kind == "fp32":
+                a, b, op = torch.randn(m, k), torch.randn(k, n), torch.mm
+            else:
+                a = torch.randint(-127, 128, (m, k), dtype=torch.int8)
+                b, op = torch.randint(-127, 128, (n, k), dtype=torch.int8).t(), torch._int_mm
+            op(a, b)
+            reps, t0 = 0, time.perf_counter()
+            while reps < 3 or time.perf_counter() - t0 < 0.5:
+                op(a, b)
+                reps += 1
+            best[kind] = max(best[kind], 2.0 * m * k * n * reps / (time.perf_counter() - t0) / 1e9)
+    Path(args.out, "stats.json").write_text(json.dumps({"gemm_gflops": best, "threads": torch.get_num_threads()}))
+
+
 # ---------------------------------------------------------------------------------- comparison
 def _load(d: Path) -> dict:
     with np.load(d / "outputs.npz") as z:
@@ -271,12 +316,18 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--tokenizer", type=Path, default=DEFAULT_TOKENIZER)
     p.add_argument("--data", type=Path, default=DEFAULT_DATA)
     p.add_argument("--ours-python", default=None, help="interpreter for the m3embed engines (default: this one)")
+    p.add_argument("--roofline", action=argparse.BooleanOptionalAction, default=True,
+                   help="measure this machine's best fp32 / int8 GEMM throughput and print each engine's share "
+                        "of it and the highest ratio an fp32 engine could reach (CPU only; default on)")
     p.add_argument("--json", type=Path, default=None, help="also write the results here")
     # internal: one engine in a child process
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     p.add_argument("--texts", default=None, help=argparse.SUPPRESS)
     p.add_argument("--out", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    if args.worker == "roofline":
+        _roofline_worker(args)
+        return
     if args.worker:
         _worker(args)
         return
@@ -306,6 +357,9 @@ def main(argv: list[str] | None = None) -> None:
         results, dirs = {}, {}
         for e in engines:
             results[e], dirs[e] = _run_engine(e, args, texts_file, work)
+        roofline = None
+        if args.roofline and not args.device.startswith("cuda"):
+            roofline = _run_engine("roofline", args, texts_file, work)[0]
         n_tokens = results["m3embed:default"]["n_tokens"]
         base = _load(dirs["m3embed:default"])
         for e in engines:
@@ -349,11 +403,35 @@ def main(argv: list[str] | None = None) -> None:
             print(f"{e:24s} vs {against:9s}: cos_min {dev['dense_cos_min']:.6f}  dense {dev['dense_max_abs']:.2e}  "
                   f"sparse {dev['sparse_max_abs']:.2e}  colbert {dev['colbert_max_abs']:.2e}  "
                   f"keys {dev['sparse_key_diff']}")
+    if roofline is not None:
+        roofline["work_gflop"] = _print_roofline(roofline, results, texts, args, ref_tps, n_tokens)
     if args.json:
         meta = {"n": args.n, "n_tokens": n_tokens, "batch_size": args.batch_size, "max_length": args.max_length,
                 "threads": args.threads, "seed": args.seed, "device": args.device,
                 "malloc_tuning": args.malloc_tuning}
-        args.json.write_text(json.dumps({"meta": meta, "results": results}, indent=2))
+        args.json.write_text(json.dumps({"meta": meta, "results": results, "roofline": roofline}, indent=2))
+
+
+def _print_roofline(roofline: dict, results: dict, texts: list[str], args: argparse.Namespace,
+                    ref_tps: float | None, n_tokens: int) -> dict:
+    """Print each engine's achieved GFLOP/s against the machine's GEMM peaks; return the work counted."""
+    from m3embed.tokenize import M3Tokenizer
+
+    lengths = [len(x) for x in M3Tokenizer.from_dir(args.checkpoint).tokenize(texts, max_length=args.max_length)]
+    work = forward_gflop(lengths)
+    peak32, peak8 = roofline["gemm_gflops"]["fp32"], roofline["gemm_gflops"]["int8"]
+    print(f"\nroofline: the forward is {work['total']:.0f} GFLOP ({work['linear']:.0f} linear + "
+          f"{work['attention']:.0f} attention, no padding); best GEMM here: fp32 {peak32:.0f} GFLOP/s, "
+          f"int8 {peak8:.0f} GOP/s ({roofline['threads']} threads)")
+    for e, r in results.items():
+        achieved = work["total"] / r["encode_s"]
+        r["achieved_gflops"] = achieved
+        print(f"{e:24s} {achieved:6.0f} GFLOP/s = {achieved / peak32:5.1%} of the fp32 GEMM peak")
+    ceiling = peak32 / work["total"] * n_tokens  # tokens/s with every FLOP at the fp32 GEMM peak
+    if ref_tps:
+        print(f"an fp32 engine at 100 % of the fp32 GEMM peak on all of that work: {ceiling:.0f} tokens/s = "
+              f"{ceiling / ref_tps:.2f}x the reference")
+    return work
 
 
 if __name__ == "__main__":
