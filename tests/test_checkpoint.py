@@ -9,6 +9,7 @@ import torch
 from helpers import tiny_checkpoint
 
 from m3embed import CheckpointError, M3Model
+from m3embed.scoring import PAPER_WEIGHTS
 
 
 @pytest.fixture(scope="module")
@@ -97,4 +98,29 @@ def test_unknown_path_and_non_encoder_config(copy, tmp_path):
 def test_missing_tokenizer_is_an_error(copy):
     (copy / "tokenizer.json").unlink()
     with pytest.raises(FileNotFoundError, match=r"no tokenizer\.json"):
+        M3Model.from_pretrained(copy)
+
+
+def test_hybrid_weights_round_trip_through_m3embed_json(ckpt, tmp_path):
+    m = M3Model.from_pretrained(ckpt)
+    assert m.hybrid_weights == PAPER_WEIGHTS  # no m3embed.json: the paper's
+    out_dir = tmp_path / "w"
+    m.save_pretrained(out_dir)
+    assert not (out_dir / "m3embed.json").exists()  # the plain bge-m3 layout
+    m.hybrid_weights = (0.25, 0.0, 1.0)
+    m.save_pretrained(out_dir)
+    assert json.loads((out_dir / "m3embed.json").read_text()) == {"hybrid_weights": [0.25, 0.0, 1.0]}
+    assert M3Model.from_pretrained(out_dir).hybrid_weights == (0.25, 0.0, 1.0)
+    m.hybrid_weights = PAPER_WEIGHTS  # back to the paper's: the stale file goes
+    m.save_pretrained(out_dir)
+    assert not (out_dir / "m3embed.json").exists()
+    assert M3Model.from_pretrained(out_dir).hybrid_weights == PAPER_WEIGHTS
+
+
+@pytest.mark.parametrize("content", ['{"hybrid_weights": [1, 0.3]}', '{"hybrid_weights": [1, -0.3, 1]}',
+                                     '{"hybrid_weights": [0, 0, 0]}', '{"hybrid_weights": [1, NaN, 1]}',
+                                     '{"weights": [1, 1, 1]}', "[1, 0.3, 1]", "{not json"])
+def test_bad_m3embed_json_is_an_error_naming_the_file(copy, content):
+    (copy / "m3embed.json").write_text(content)
+    with pytest.raises(CheckpointError, match=r"m3embed\.json"):
         M3Model.from_pretrained(copy)

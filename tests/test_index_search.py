@@ -6,6 +6,7 @@ from helpers import tiny_checkpoint
 
 from m3embed import M3Model
 from m3embed.index import MODES, M3Index, SearchHit
+from m3embed.index.core import model_fingerprint
 from m3embed.scoring import (
     PAPER_WEIGHTS,
     colbert_score,
@@ -100,6 +101,26 @@ def test_hit_fields_and_components(index):
     wd, ws, wc = PAPER_WEIGHTS
     c = h.scores
     assert h.score == pytest.approx((wd * c["dense"] + ws * c["sparse"] + wc * c["colbert"]) / (wd + ws + wc))
+
+
+def test_default_weights_are_the_index_models_hybrid_weights(model, enc, tmp_path):
+    assert model_fingerprint(model)["hybrid_weights"] == list(PAPER_WEIGHTS)
+    model.hybrid_weights = (0.0, 0.0, 1.0)  # a model whose own fusion is ColBERT alone
+    try:
+        idx = M3Index.build(CORPUS, model, tmp_path / "w", show_progress=False, multivec="fp32")
+    finally:
+        model.hybrid_weights = PAPER_WEIGHTS
+    idx.close()
+    idx = M3Index.open(tmp_path / "w")  # the weights live in the manifest, not only in memory
+    assert idx.fingerprint["hybrid_weights"] == [0.0, 0.0, 1.0]
+    got = idx.search(enc[1], k=5, mode="all")
+    for hits in got:
+        assert all(h.score == pytest.approx(h.scores["colbert"]) for h in hits)
+    explicit = idx.search(enc[1], k=5, mode="all", weights=PAPER_WEIGHTS)
+    assert [[h.id for h in g] for g in got] != [[h.id for h in g] for g in explicit]  # weights=... still wins
+    with pytest.raises(ValueError, match="non-negative"):
+        idx.search(enc[1], k=5, mode="all", weights=(1, -1, 1))
+    idx.close()
 
 
 def test_custom_weights_and_depths(index, enc):

@@ -3,10 +3,13 @@
 A checkpoint directory holds the encoder (``config.json`` + ``pytorch_model.bin`` or
 ``model.safetensors``), the tokenizer (``tokenizer.json``, …) and the two heads as pickled
 state dicts ``colbert_linear.pt`` (Linear H → D) and ``sparse_linear.pt`` (Linear H → 1).
+m3embed adds one optional file, ``m3embed.json``: ``{"hybrid_weights": [w_dense, w_sparse,
+w_colbert]}``, the model's own fusion weights for the ``all`` search mode (absent: the paper's).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from pathlib import Path
@@ -17,6 +20,7 @@ from transformers import AutoConfig, PretrainedConfig
 
 COLBERT_FILE = "colbert_linear.pt"
 SPARSE_FILE = "sparse_linear.pt"
+SETTINGS_FILE = "m3embed.json"
 # Files the encoder, tokenizer and heads need; the hub repo also ships onnx/ (~2.2 GB) we skip.
 HUB_PATTERNS = ["*.json", "*.safetensors", "pytorch_model.bin", "*.pt", "sentencepiece.bpe.model"]
 
@@ -55,6 +59,30 @@ def resolve(path_or_id: str | os.PathLike[str]) -> Path:
         raise CheckpointError(
             f"{name}: not a local directory and the hub download failed ({type(e).__name__}: {e})"
         ) from e
+
+
+def load_hybrid_weights(path: Path) -> tuple[float, float, float]:
+    """The checkpoint's ``m3embed.json`` ``hybrid_weights``, or the paper's (1, 0.3, 1) without that file."""
+    from .scoring import PAPER_WEIGHTS, check_hybrid_weights
+
+    file = path / SETTINGS_FILE
+    if not file.is_file():
+        return PAPER_WEIGHTS
+    try:
+        settings = json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{file}: unreadable ({e})") from e
+    if not isinstance(settings, dict) or "hybrid_weights" not in settings:
+        raise CheckpointError(f"{file}: expected an object with \"hybrid_weights\"")
+    try:
+        return check_hybrid_weights(settings["hybrid_weights"], where=f"{file}: hybrid_weights")
+    except ValueError as e:
+        raise CheckpointError(str(e)) from None
+
+
+def save_hybrid_weights(directory: Path, weights: tuple[float, float, float]) -> None:
+    """Write ``m3embed.json`` with ``weights`` into ``directory`` (the caller makes the write atomic)."""
+    (directory / SETTINGS_FILE).write_text(json.dumps({"hybrid_weights": list(weights)}) + "\n", encoding="utf-8")
 
 
 def load_config(path: Path) -> PretrainedConfig:

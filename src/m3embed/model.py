@@ -23,6 +23,7 @@ from torch import nn
 from transformers import AutoModel, PretrainedConfig, PreTrainedModel
 
 from . import checkpoint as ckpt
+from .scoring import PAPER_WEIGHTS
 from .tokenize import M3Tokenizer
 
 if TYPE_CHECKING:
@@ -55,6 +56,9 @@ class M3Model(nn.Module):
         self.tokenizer = tokenizer
         self.colbert_linear = nn.Linear(hidden, hidden if colbert_dim <= 0 else colbert_dim)
         self.sparse_linear = nn.Linear(hidden, 1)
+        #: (w_dense, w_sparse, w_colbert) of the ``all`` search mode for this model: the paper's unless the
+        #: checkpoint's ``m3embed.json`` says otherwise (fitted to the model's score scales on dev data)
+        self.hybrid_weights: tuple[float, float, float] = PAPER_WEIGHTS
         self.to(dtype=next(backbone.parameters()).dtype)
         self.eval()
 
@@ -101,11 +105,13 @@ class M3Model(nn.Module):
             model.colbert_linear.load_state_dict(heads["colbert"])
             model.sparse_linear.load_state_dict(heads["sparse"])
         model.source = str(path_or_id)
+        model.hybrid_weights = ckpt.load_hybrid_weights(path)
         model = model.to(device=dev, dtype=torch_dtype)
         return model if precision is None else model.optimize(precision)
 
     def save_pretrained(self, directory: str | os.PathLike[str], *, safe_serialization: bool = True) -> None:
-        """Write the bge-m3 layout: encoder + config, tokenizer, ``colbert_linear.pt``, ``sparse_linear.pt``.
+        """Write the bge-m3 layout: encoder + config, tokenizer, ``colbert_linear.pt``, ``sparse_linear.pt``
+        (and ``m3embed.json`` when :attr:`hybrid_weights` are not the paper's).
 
         The encoder goes to ``model.safetensors``, or to ``pytorch_model.bin`` (as BAAI/bge-m3)
         with ``safe_serialization=False``.
@@ -126,11 +132,13 @@ class M3Model(nn.Module):
             self.tokenizer.save(tmp)
             ckpt.save_head(self.colbert_linear, tmp / ckpt.COLBERT_FILE)
             ckpt.save_head(self.sparse_linear, tmp / ckpt.SPARSE_FILE)
+            if tuple(self.hybrid_weights) != PAPER_WEIGHTS:
+                ckpt.save_hybrid_weights(tmp, tuple(self.hybrid_weights))
             for f in tmp.iterdir():
                 with open(f, "rb") as fh:
                     os.fsync(fh.fileno())
             # a stale weights file of the other format would shadow or duplicate the new one
-            for stale in ("pytorch_model.bin", "model.safetensors"):
+            for stale in ("pytorch_model.bin", "model.safetensors", ckpt.SETTINGS_FILE):
                 if (target / stale).exists() and not (tmp / stale).exists():
                     (target / stale).unlink()
             for f in tmp.iterdir():

@@ -7,6 +7,7 @@ losses use; ``compute_score`` is built from the same pieces.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Hashable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -170,6 +171,19 @@ def maxsim_reduce(sim: np.ndarray, p_offsets: np.ndarray) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------- fusion
+def check_hybrid_weights(weights: object, where: str = "weights") -> tuple[float, float, float]:
+    """``(w_dense, w_sparse, w_colbert)`` as floats; ``ValueError`` naming ``where`` unless ``weights``
+    is three finite, non-negative numbers with a positive sum."""
+    try:
+        w = tuple(float(x) for x in weights)  # type: ignore[attr-defined]
+    except (TypeError, ValueError):
+        raise ValueError(f"{where}: expected three numbers (dense, sparse, colbert), got {weights!r}") from None
+    if len(w) != 3 or not all(math.isfinite(x) and x >= 0 for x in w) or sum(w) == 0:
+        raise ValueError(f"{where}: expected three finite, non-negative numbers (dense, sparse, colbert) "
+                         f"with a positive sum, got {weights!r}")
+    return w  # type: ignore[return-value]
+
+
 def weighted_sum(scores: Mapping[str, Any], weights: Mapping[str, float]) -> Any:
     """``Σ w_m·s_m / Σ w_m`` over the modes named in ``weights`` (arrays or floats)."""
     total = sum(weights.values())

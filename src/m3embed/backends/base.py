@@ -26,9 +26,9 @@ from ..index.core import (
     encode_queries,
     model_fingerprint,
 )
-from ..index.search import DEPTHS, MODES, RRF_K, _depth, needs
+from ..index.search import DEPTHS, MODES, RRF_K, _depth, fusion_weights, needs
 from ..output import ColbertVectors, LexicalWeights, M3Output
-from ..scoring import PAPER_WEIGHTS, maxsim_packed, reciprocal_rank_fusion, weighted_sum
+from ..scoring import maxsim_packed, reciprocal_rank_fusion, weighted_sum
 
 if TYPE_CHECKING:
     from ..model import M3Model
@@ -311,9 +311,7 @@ class StoreBase:
         q = self._queries(queries, need, model, batch_size, max_length, check_model)
         if len(q) == 0:
             return []
-        w = tuple(float(x) for x in (PAPER_WEIGHTS if weights is None else weights))
-        if len(w) != 3:
-            raise ValueError(f"weights must be (dense, sparse, colbert), got {len(w)} values")
+        w = fusion_weights(weights, self.fingerprint)
         k = int(k)
         dd, sd, rd = DEPTHS[mode]
         dd = _depth("dense_depth", dense_depth, dd, k)

@@ -58,7 +58,8 @@ def eval_command(
     multivec: Annotated[str | None, typer.Option(
         help="Token-vector store of the index: fp16 (index default), fp32, int8, residual")] = None,
     weights: Annotated[str | None, typer.Option(
-        help="Fusion weights 'dense,sparse,colbert' (default the paper's 1,0.3,1)")] = None,
+        help="Fusion weights 'dense,sparse,colbert' (default: the model's hybrid weights, "
+             "the paper's 1,0.3,1 unless its checkpoint has m3embed.json)")] = None,
     save_runs: Annotated[bool, typer.Option("--save-runs", help="Also write TREC run files under OUT/runs/")] = False,
     device: Annotated[str | None, typer.Option(help="cpu, cuda, cuda:1, … (default cpu)")] = None,
     fp16: Annotated[bool, typer.Option("--fp16", help="Half precision (GPU)")] = False,

@@ -76,7 +76,9 @@ def search_cmd(
     model: Annotated[
         str | None, typer.Option("--model", "-m", help="Checkpoint (default: the one that built the index)")
     ] = None,
-    weights: Annotated[str | None, typer.Option(help="w_dense,w_sparse,w_colbert (default 1,0.3,1)")] = None,
+    weights: Annotated[str | None, typer.Option(
+        help="w_dense,w_sparse,w_colbert (default: the index model's hybrid weights, the paper's 1,0.3,1 "
+             "unless its checkpoint has m3embed.json)")] = None,
     device: Annotated[str | None, typer.Option(help="cpu, cuda, … (default cpu)")] = None,
     snippet: Annotated[int, typer.Option(help="Characters of passage text to show")] = 80,
     verify: Annotated[bool, typer.Option("--verify/--no-verify", help="Check file checksums on open")] = True,

@@ -40,7 +40,8 @@ def render_markdown(results: EvalResults) -> str:
     cfg = results.config
     lines += ["", f"k={cfg.get('k')}, max query/passage length {cfg.get('max_query_length')}/"
                   f"{cfg.get('max_passage_length')}, mcls={cfg.get('mcls')}, BM25 k1={cfg.get('bm25_k1')} "
-                  f"b={cfg.get('bm25_b')} on XLM-R tokens."]
+                  f"b={cfg.get('bm25_b')} on XLM-R tokens."
+                  + (f" Fusion weights (dense, sparse, ColBERT): {tuple(w)}." if (w := cfg.get("weights")) else "")]
     return "\n".join(lines) + "\n"
 
 

@@ -59,7 +59,8 @@ def evaluate(
     loaded :class:`RetrievalDataset` (e.g. from ``load_miracl``). ``model`` is an ``M3Model`` or a
     checkpoint path / hub id; it may be ``None`` when ``modes`` is empty (BM25 only). Each query
     gets its top ``min(k, corpus size)`` documents. ``weights`` ``(w_dense, w_sparse, w_colbert)``
-    go to ``M3Index.search`` (``None`` = the paper's 1 / 0.3 / 1). ``index_options`` go to ``M3Index.build`` (e.g.
+    go to ``M3Index.search`` (``None`` = the model's ``hybrid_weights``: the paper's 1 / 0.3 / 1 unless its
+    checkpoint gives its own). ``index_options`` go to ``M3Index.build`` (e.g.
     ``{"multivec": "fp32"}``; default: the index's defaults without stored text). ``mcls=True``
     encodes passages with a [CLS] every 256 tokens (queries never). With ``out_dir``, writes
     ``eval.md``, ``eval.json``, ``eval.png`` (and TREC runs under ``runs/`` when ``save_runs``).
@@ -121,6 +122,7 @@ def evaluate(
         finally:
             idx.close(discard=True)  # a temporary index: remove its files now, not at garbage collection
 
+    used_weights = weights if weights is not None or m3 is None else m3.hybrid_weights
     t = time.perf_counter()
     for key, res in runs.items():
         run = hits_to_run(qids, res)
@@ -134,7 +136,7 @@ def evaluate(
         dataset={"name": ds.name, "split": ds.split, "source": ds.source, **ds.stats(), "languages": ds.languages},
         model=_model_info(m3) if m3 is not None else None,
         config={"k": k, "k_used": k_eff, "modes": modes, "bm25": bm25, "bm25_k1": bm25_k1, "bm25_b": bm25_b,
-                "bm25_tokens": "XLM-R SentencePiece ids, no specials, full text", "weights": _jsonable(weights),
+                "bm25_tokens": "XLM-R SentencePiece ids, no specials, full text", "weights": _jsonable(used_weights),
                 "max_query_length": max_query_length, "max_passage_length": max_passage_length,
                 "batch_size": batch_size, "mcls": mcls, "metrics": list(metrics),
                 "index_options": _jsonable(index_options) if m3 is not None else None},

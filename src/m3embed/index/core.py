@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..output import ColbertVectors, M3Output
+from ..scoring import PAPER_WEIGHTS
 from . import dense as dense_mod
 from . import multivec as mv_mod
 from . import search as search_mod
@@ -80,7 +81,8 @@ def model_fingerprint(model: M3Model) -> dict[str, Any]:
             h.update(flat[::step].to("cpu", torch.float32).numpy().tobytes())
     return {"name": str(getattr(model, "source", "") or ""), "hash": h.hexdigest()[:32],
             "hidden_size": int(model.hidden_size), "colbert_dim": int(model.colbert_dim),
-            "vocab_size": int(model.tokenizer.vocab_size)}
+            "vocab_size": int(model.tokenizer.vocab_size),
+            "hybrid_weights": list(getattr(model, "hybrid_weights", PAPER_WEIGHTS))}
 
 
 def _check_model(index_fp: dict[str, Any], fp: dict[str, Any], strict: bool) -> None:

@@ -15,7 +15,9 @@ candidate is first scored with its token vectors' centroids only (2 bytes per ve
 only the best ``colbert_depth`` (default 64, at least k) by that fused score are decompressed and
 scored exactly; the other codecs score every candidate exactly.
 
-Weights are ``(w_dense, w_sparse, w_colbert)``, default the paper's ``(1, 0.3, 1)``; fused scores are
+Weights are ``(w_dense, w_sparse, w_colbert)``, default the ``hybrid_weights`` of the model that built
+the index (``M3Model.hybrid_weights``: the paper's ``(1, 0.3, 1)`` unless the checkpoint's
+``m3embed.json`` gives its own, as ``m3embed-small`` does); fused scores are
 ``weighted_sum``'s normalised sums (the ranking is the paper's). A candidate missing from one
 list gets that mode's *exact* score, computed from the stored vectors — not 0 as in the paper's
 Pyserini scripts; exact scores are cheap here and make the fusion independent of list depths.
@@ -28,7 +30,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ..output import M3Output
-from ..scoring import PAPER_WEIGHTS, maxsim_reduce, reciprocal_rank_fusion, weighted_sum
+from ..scoring import PAPER_WEIGHTS, check_hybrid_weights, maxsim_reduce, reciprocal_rank_fusion, weighted_sum
 
 if TYPE_CHECKING:
     from .core import M3Index
@@ -61,9 +63,7 @@ def run(index: M3Index, q: M3Output, k: int, mode: str, *, weights=None, dense_d
         sparse_depth: int | None = None, rerank_depth: int | None = None,
         colbert_depth: int | None = None) -> list[list[Hit]]:
     """Rows, scores and component scores of the top-``k`` documents for each query, best first."""
-    w = tuple(float(x) for x in (PAPER_WEIGHTS if weights is None else weights))
-    if len(w) != 3:
-        raise ValueError(f"weights must be (dense, sparse, colbert), got {len(w)} values")
+    w = fusion_weights(weights, index.fingerprint)
     dd, sd, rd = DEPTHS[mode]
     dd = _depth("dense_depth", dense_depth, dd, k)
     sd = _depth("sparse_depth", sparse_depth, sd, k)
@@ -128,6 +128,15 @@ def run(index: M3Index, q: M3Output, k: int, mode: str, *, weights=None, dense_d
             hits = _rank(rows, weighted_sum(comp, wts), comp, k)
         out.append([(int(r), float(s), {m: float(v) for m, v in c.items()}) for r, s, c in hits[:k]])
     return out
+
+
+def fusion_weights(weights: object | None, fingerprint: dict) -> tuple[float, float, float]:
+    """``weights`` checked, or by default the ``hybrid_weights`` of the model that built the store
+    (the paper's for a store written before models carried them)."""
+    if weights is None:
+        return check_hybrid_weights(fingerprint.get("hybrid_weights") or PAPER_WEIGHTS,
+                                    where="the index model's hybrid_weights")
+    return check_hybrid_weights(weights)
 
 
 def _depth(name: str, given: int | None, default: int | None, k: int) -> int:
