@@ -17,7 +17,7 @@ scored exactly; the other codecs score every candidate exactly.
 
 Weights are ``(w_dense, w_sparse, w_colbert)``, default the ``hybrid_weights`` of the model that built
 the index (``M3Model.hybrid_weights``: the paper's ``(1, 0.3, 1)`` unless the checkpoint's
-``m3embed.json`` gives its own, as ``m3embed-small`` does); fused scores are
+``m3embed.json`` gives its own); fused scores are
 ``weighted_sum``'s normalised sums (the ranking is the paper's). A candidate missing from one
 list gets that mode's *exact* score, computed from the stored vectors — not 0 as in the paper's
 Pyserini scripts; exact scores are cheap here and make the fusion independent of list depths.
