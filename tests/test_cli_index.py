@@ -40,8 +40,9 @@ def test_index_then_search(ckpt, corpus, tmp_path):
     lines = [ln for ln in r.output.splitlines() if any(h.id in ln for h in expect)]
     assert [next(h.id for h in expect if h.id in ln) for ln in lines] == [h.id for h in expect]
     assert f"{expect[0].score:.4f}" in r.output and "rank" in r.output
-    r = runner.invoke(app, ["search", str(out), "rivers", "-k", "2", "--mode", "sparse", "--weights", "1,2"])
-    assert r.exit_code != 0 and "three numbers" in r.output
+    for bad in ("1,2", "1,-1,1", "0,0,0"):
+        r = runner.invoke(app, ["search", str(out), "rivers", "-k", "2", "--mode", "sparse", "--weights", bad])
+        assert r.exit_code != 0 and "three numbers" in r.output, bad
 
 
 def test_cli_errors(ckpt, corpus, tmp_path):

@@ -17,6 +17,17 @@ MODEL_ENV = "M3EMBED_MODEL"
 DEFAULT_MODEL = "m3embed-small"
 
 
+def parse_weights(value: str) -> tuple[float, float, float]:
+    """``--weights 'dense,sparse,colbert'`` → three floats, checked as search checks them (else ``BadParameter``)."""
+    from ..scoring import check_hybrid_weights
+
+    try:
+        return check_hybrid_weights(value.split(","))
+    except ValueError:
+        raise typer.BadParameter(f"{value!r}: expected three numbers 'dense,sparse,colbert' (non-negative, not all 0), "
+                                 "e.g. 1,0.3,1", param_hint="--weights") from None
+
+
 def error(e: object) -> None:
     # soft_wrap: an error naming a long path must stay on one line to be copy-pasted and grepped
     console.print(f"[red]error:[/red] {e}", soft_wrap=True, markup=True, highlight=False)

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from .app import MODEL_ENV, app, console, error, load_model
+from .app import MODEL_ENV, app, console, error, load_model, parse_weights
 
 
 def _parse_modes(value: str) -> list[str]:
@@ -22,17 +22,6 @@ def _parse_modes(value: str) -> list[str]:
         raise typer.BadParameter(f"unknown mode(s) {', '.join(bad)}; choose from {', '.join(MODEL_MODES)} or 'none'",
                                  param_hint="--modes")
     return modes
-
-
-def _parse_weights(value: str) -> tuple[float, float, float]:
-    try:
-        w = tuple(float(x) for x in value.split(","))
-    except ValueError:
-        w = ()
-    if len(w) != 3 or any(x < 0 for x in w) or sum(w) == 0:
-        raise typer.BadParameter(f"{value!r}: expected three non-negative numbers 'dense,sparse,colbert', e.g. 1,0.3,1",
-                                 param_hint="--weights")
-    return w  # type: ignore[return-value]
 
 
 @app.command("eval")
@@ -71,7 +60,7 @@ def eval_command(
     from ..eval.run import evaluate
 
     mode_list = _parse_modes(modes)
-    w = _parse_weights(weights) if weights else None
+    w = parse_weights(weights) if weights else None
     if not mode_list and not bm25:
         raise typer.BadParameter("nothing to evaluate: --modes none together with --no-bm25", param_hint="--modes")
     try:

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from .app import MODEL_ENV, app, console, error, load_model
+from .app import MODEL_ENV, app, console, error, load_model, parse_weights
 
 MULTIVEC = ("fp16", "int8", "residual", "fp32", "none")
 DENSE = ("flat", "hnsw", "ivf")
@@ -90,14 +90,7 @@ def search_cmd(
 
     if mode is not None and mode not in MODES:
         raise typer.BadParameter(f"{mode!r}: expected one of {', '.join(MODES)}", param_hint="--mode")
-    w = None
-    if weights is not None:
-        try:
-            w = tuple(float(x) for x in weights.split(","))
-        except ValueError:
-            w = ()
-        if len(w) != 3:
-            raise typer.BadParameter(f"{weights!r}: expected three numbers like 1,0.3,1", param_hint="--weights")
+    w = parse_weights(weights) if weights is not None else None
     try:
         idx = M3Index.open(index_dir, verify=verify)
     except (IndexCorruptError, FileNotFoundError) as e:

@@ -26,7 +26,6 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..output import ColbertVectors, M3Output
-from ..scoring import PAPER_WEIGHTS
 from . import dense as dense_mod
 from . import multivec as mv_mod
 from . import search as search_mod
@@ -82,7 +81,7 @@ def model_fingerprint(model: M3Model) -> dict[str, Any]:
     return {"name": str(getattr(model, "source", "") or ""), "hash": h.hexdigest()[:32],
             "hidden_size": int(model.hidden_size), "colbert_dim": int(model.colbert_dim),
             "vocab_size": int(model.tokenizer.vocab_size),
-            "hybrid_weights": list(getattr(model, "hybrid_weights", PAPER_WEIGHTS))}
+            "hybrid_weights": list(model.hybrid_weights)}
 
 
 def _check_model(index_fp: dict[str, Any], fp: dict[str, Any], strict: bool) -> None:
