@@ -294,6 +294,16 @@ def test_delta_roundtrip(weights, base_dir, tmp_path: Path, monkeypatch) -> None
     assert sorted(info["changed"]) == ["encoder.layer.10.attention.self.query.weight",
                                        "encoder.layer.11.output.dense.bias"]
     assert info["bytes"] < 1_000_000 and info["tensors"] == 4 + 1 + 2
+    # half-precision backbone tensors with float32 heads (the shipped delta's layout)
+    reg.make_delta(model, tmp_path / "half.safetensors", dtype=torch.float16, head_dtype=torch.float32,
+                   weights=weights)
+    from safetensors import safe_open
+
+    with safe_open(tmp_path / "half.safetensors", "pt") as f:
+        dtypes = {k: f.get_tensor(k).dtype for k in f.keys()}  # noqa: SIM118
+    assert {k: v for k, v in dtypes.items() if k.endswith("_linear.weight") or k.endswith("_linear.bias")} == {
+        f"{h}.{p}": torch.float32 for h in ("colbert_linear", "sparse_linear") for p in ("weight", "bias")}
+    assert dtypes["backbone.encoder.layer.11.output.dense.bias"] == torch.float16
 
     monkeypatch.setattr(reg, "_read_checked", lambda: weights)
     monkeypatch.setattr(reg, "DELTA_FILE", tmp_path / "delta.safetensors")

