@@ -66,13 +66,7 @@ class StateCache:
             batch = order[pos : pos + max(1, tokens // longest)]
             pos += len(batch)
             x, m = pad_batch([seqs[i] for i in batch], model.tokenizer.special.pad, torch.device("cpu"))
-            b, n = x.shape
-            keep = m.bool()
-            mask = None if bool(keep.all()) else keep[:, None, None, :]
-            h = fast.embeddings(input_ids=x).reshape(b * n, -1)
-            for layer in fast.layers[:n_layers]:
-                h = layer(h, b, n, mask)
-            h = h.view(b, n, -1).to(torch.float16)
+            h = fast(x, m, n_layers=n_layers).to(torch.float16)
             for r, i in enumerate(batch):
                 out[i] = h[r, : len(seqs[i])].clone()
             done += int(m.sum())

@@ -92,3 +92,15 @@ def test_rejects_bad_precision(ckpt):
     model = M3Model.from_pretrained(ckpt)
     with pytest.raises(ValueError, match="precision"):
         model.optimize("fp8")  # type: ignore[arg-type]
+
+
+def test_fast_encoder_stops_after_n_layers(ckpt):
+    model = M3Model.from_pretrained(ckpt, precision="fp32")
+    ids = torch.tensor([[0, 1052, 83, 10, 2], [0, 3293, 2, 1, 1]])
+    mask = (ids != 1).long()
+    ref = model.backbone(input_ids=ids, attention_mask=mask, output_hidden_states=True).hidden_states
+    fast = model.__dict__["_accel"]
+    for n in (0, 1):  # after the embeddings, after layer 1 (the ckpt has 2)
+        got = fast(ids, mask, n_layers=n)
+        torch.testing.assert_close(got[mask.bool()], ref[n][mask.bool()].detach(), atol=2e-5, rtol=0)
+    torch.testing.assert_close(fast(ids, mask), fast(ids, mask, n_layers=None))

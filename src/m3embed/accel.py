@@ -229,8 +229,9 @@ class FastEncoder:
         self.layers = [_FastLayer(layer, heads, precision) for layer in backbone.encoder.layer]
 
     @torch.inference_mode()
-    def __call__(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """Last hidden states ``[B, L, H]`` in float32."""
+    def __call__(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, *,
+                 n_layers: int | None = None) -> torch.Tensor:
+        """Last hidden states ``[B, L, H]`` in float32 (with ``n_layers``: the output of that many layers)."""
         batch, length = input_ids.shape
         h = self.embeddings(input_ids=input_ids)
         if self.precision == "int8":
@@ -239,7 +240,7 @@ class FastEncoder:
         # boolean key mask, broadcast over heads and queries; None lets SDPA skip masking
         mask = None if bool(keep.all()) else keep[:, None, None, :]
         h = h.reshape(batch * length, -1)
-        for layer in self.layers:
+        for layer in self.layers[:n_layers]:
             h = layer(h, batch, length, mask)
         return h.view(batch, length, -1).float()
 
