@@ -1,19 +1,20 @@
-"""Fine-tune the last encoder layer and the sparse head of a model on cached states (a CPU stage).
+"""Fine-tune the sparse head (and optionally the last encoder layer) on cached states (a CPU stage).
 
-A full fine-tune runs ~1,000 tokens/s on two cores; with every layer but the last frozen, the
-frozen prefix gives the same states at every epoch, so this stage computes them once (bf16 fast
-path, ~5,000 tokens/s) and then trains only the last layer and the sparse head on them with the
-full M3 objective (dense, sparse, ColBERT, their ensemble and self-distillation): one step costs a
-single layer's forward and backward, ~10× less than the whole model's. Gradients reach the last
-layer from all three heads, so the sparse head gets contextual features trained for it, which a
-linear probe on the frozen encoder cannot.
+A full fine-tune runs ~1,000 tokens/s on two cores; with the lower layers frozen, they give the same
+states at every epoch, so this stage computes them once (bf16 fast path, ~5,000 tokens/s) and then
+trains on them with the full M3 objective (dense, sparse, ColBERT, their ensemble and
+self-distillation). With ``train_layer: true`` the cache holds layer n-1's output and a step costs
+the last layer's forward and backward (~10× less than the whole model's); the gradients of all three
+heads reach that layer. With ``train_layer: false`` the cache holds the encoder's output, only the
+sparse head trains and a step costs the heads alone (~0.1 s), so it can take many epochs; the dense
+and ColBERT outputs stay bit for bit the input model's.
 
-Data: ``--groups`` rows of ``train_mix/train_short_docs`` (query, its positive, ``group - 1`` of its
+Data: ``groups`` rows of ``train_mix/train_short_docs`` (query, its positive, ``group - 1`` of its
 BM25 hard negatives), drawn from rows outside ``fit_hybrid_weights.py``'s held-out dev set so the
 dev set stays clean. Writes ``<out>/metrics.jsonl``, ``<out>/loss.png``, the checkpoint
 ``<out>/model`` (bge-m3 layout) and, with ``--delta``, the registry delta of the result.
 
-Usage: python scripts/train_top_layer.py --config configs/m3embed-small/top_layer.yaml --out DIR
+Usage: python scripts/train_top_layer.py --config configs/m3embed-small/sparse_head_cached.yaml --out DIR
            [--delta src/m3embed/models/data/m3embed-small-delta.safetensors]
 """
 
@@ -43,7 +44,7 @@ DEFAULTS = {
     "model": "m3embed-small", "groups": 5000, "xling_groups": 0, "group_size": 4, "query_max_len": 64,
     "passage_max_len": 256, "batch_size": 16, "epochs": 2.0, "lr_layer": 2e-5, "lr_sparse": 1e-3, "warmup_ratio": 0.1,
     "temperature": 0.02, "head_loss_weights": [1.0, 0.3, 1.0], "ensemble_weights": [1.0, 0.3, 1.0],
-    "self_distill": True, "cache_tokens": 4096, "seed": 7, "threads": 2,
+    "self_distill": True, "cache_tokens": 4096, "seed": 7, "threads": 2, "train_layer": True,
 }
 
 
@@ -145,7 +146,7 @@ def training_groups(n: int, n_xling: int, group_size: int, seed: int) -> tuple[l
     return texts, groups
 
 
-def plot(history: list[dict], path: Path) -> None:
+def plot(history: list[dict], path: Path, title: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -157,7 +158,7 @@ def plot(history: list[dict], path: Path) -> None:
         ax.plot(steps, [h[key] for h in history], label=key, lw=2 if key == "loss" else 1)
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("loss")
-    ax.set_title("m3embed-small — last layer + sparse head on cached states")
+    ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
@@ -171,13 +172,20 @@ def main() -> None:
     ap.add_argument("--config", type=Path, help="YAML overriding the defaults")
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--delta", type=Path, help="also write the registry delta of the trained model here")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="override one config key (YAML value), e.g. --set self_distill=false")
     args = ap.parse_args()
     cfg = dict(DEFAULTS)
-    if args.config:
-        extra = yaml.safe_load(args.config.read_text(encoding="utf-8")) or {}
+    layers = [(str(args.config), yaml.safe_load(args.config.read_text(encoding="utf-8")) or {})] if args.config else []
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit(f"--set {item!r}: expected KEY=VALUE")
+        layers.append((f"--set {item}", {key.strip(): yaml.safe_load(value)}))
+    for where, extra in layers:
         unknown = sorted(set(extra) - set(DEFAULTS))
         if unknown:
-            raise SystemExit(f"{args.config}: unknown keys {unknown}; known: {sorted(DEFAULTS)}")
+            raise SystemExit(f"{where}: unknown keys {unknown}; known: {sorted(DEFAULTS)}")
         cfg.update(extra)
     torch.set_num_threads(cfg["threads"])
     torch.manual_seed(cfg["seed"])
@@ -192,19 +200,23 @@ def main() -> None:
         for i, s in zip(idx, model.tokenizer.tokenize([texts[i] for i in idx], max_length=max_len), strict=True):
             seqs[i] = s
     n_layers = model.config.num_hidden_layers
-    cache = StateCache.build(model, seqs, n_layers - 1, cfg["cache_tokens"])
+    # With the last layer frozen too, cache its output: a step then costs the heads alone.
+    cached_layers = n_layers - 1 if cfg["train_layer"] else n_layers
+    cache = StateCache.build(model, seqs, cached_layers, cfg["cache_tokens"])
     print(f"{len(groups)} groups, {len(texts)} texts", flush=True)
 
     model = M3Model.from_pretrained(cfg["model"])  # fp32 weights to train
     model.eval()  # no dropout: the cached prefix ran without it too
     model.requires_grad_(False)
     layer = model.backbone.encoder.layer[n_layers - 1]
-    layer.requires_grad_(True)
     model.sparse_linear.requires_grad_(True)
+    param_groups = [{"params": model.sparse_linear.parameters(), "lr": cfg["lr_sparse"]}]
+    if cfg["train_layer"]:
+        layer.requires_grad_(True)
+        param_groups.append({"params": layer.parameters(), "lr": cfg["lr_layer"]})
     heads = model.config.num_attention_heads
     unused = torch.tensor(sorted(model.tokenizer.special.unused))
-    opt = torch.optim.AdamW([{"params": layer.parameters(), "lr": cfg["lr_layer"]},
-                             {"params": model.sparse_linear.parameters(), "lr": cfg["lr_sparse"]}], weight_decay=0.0)
+    opt = torch.optim.AdamW(param_groups, weight_decay=0.0)
     steps = int(cfg["epochs"] * len(groups) / cfg["batch_size"])
     warm = max(1, int(cfg["warmup_ratio"] * steps))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warm) * (steps - s) / steps)
@@ -213,7 +225,7 @@ def main() -> None:
 
     def reps(idx: list[int]) -> Reps:
         h, ids, mask = cache.batch(idx)
-        out = layer_forward(layer, h, mask, heads)
+        out = layer_forward(layer, h, mask, heads) if cfg["train_layer"] else h
         keep = mask & ~torch.isin(ids, unused)
         return Reps(ids=ids, mask=mask.long(), dense=model.dense_from_hidden(out),
                     sparse=model.sparse_from_hidden(out) * keep, colbert=model.colbert_from_hidden(out, mask.long()))
@@ -236,18 +248,20 @@ def main() -> None:
             out.backward.backward()
             opt.step()
             sched.step()
-            for k, v in {"loss": float(out.loss), **out.parts}.items():
+            for k, v in {"loss": float(out.loss.detach()), **out.parts}.items():
                 acc[k] = acc.get(k, 0.0) + v
             if step % 20 == 0 or step == steps:
                 n = 20 if step % 20 == 0 else step % 20
                 rec = {"step": step, **{k: round(v / n, 4) for k, v in acc.items()},
-                       "lr": sched.get_last_lr()[0], "seconds": round(time.time() - t0, 1)}
+                       **dict(zip(("lr_sparse", "lr_layer"), sched.get_last_lr(), strict=False)),
+                       "seconds": round(time.time() - t0, 1)}
                 log.write(json.dumps(rec) + "\n")
                 log.flush()
                 history.append(rec)
                 acc = {}
                 print(json.dumps(rec), flush=True)
-    plot(history, args.out / "loss.png")
+    trained = "last layer + sparse head" if cfg["train_layer"] else "sparse head"
+    plot(history, args.out / "loss.png", f"{cfg['model']} — {trained} on cached states")
     model.save_pretrained(args.out / "model")
     if args.delta:
         from m3embed.models.registry import make_delta

