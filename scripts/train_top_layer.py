@@ -11,8 +11,10 @@ and ColBERT outputs stay bit for bit the input model's.
 
 Data: ``groups`` rows of ``train_mix/train_short_docs`` (query, its positive, ``group - 1`` of its
 BM25 hard negatives), drawn from rows outside ``fit_hybrid_weights.py``'s held-out dev set so the
-dev set stays clean. Writes ``<out>/metrics.jsonl``, ``<out>/loss.png``, the checkpoint
-``<out>/model`` (bge-m3 layout) and, with ``--delta``, the registry delta of the result.
+dev set stays clean; optionally ``long_groups`` rows of ``train_long_docs`` (passages cut at
+``long_passage_max_len``) in batches of their own, so the sparse head also sees long documents.
+Writes ``<out>/metrics.jsonl``, ``<out>/loss.png``, the checkpoint ``<out>/model`` (bge-m3 layout)
+and, with ``--delta``, the registry delta of the result.
 
 Usage: python scripts/train_top_layer.py --config configs/m3embed-small/sparse_head_cached.yaml --out DIR
            [--delta src/m3embed/models/data/m3embed-small-delta.safetensors]
@@ -45,6 +47,7 @@ DEFAULTS = {
     "passage_max_len": 256, "batch_size": 16, "epochs": 2.0, "lr_layer": 2e-5, "lr_sparse": 1e-3, "warmup_ratio": 0.1,
     "temperature": 0.02, "head_loss_weights": [1.0, 0.3, 1.0], "ensemble_weights": [1.0, 0.3, 1.0],
     "self_distill": True, "cache_tokens": 4096, "seed": 7, "threads": 2, "train_layer": True,
+    "long_groups": 0, "long_passage_max_len": 2048,
 }
 
 
@@ -105,12 +108,15 @@ def layer_forward(layer: torch.nn.Module, h: torch.Tensor, mask: torch.Tensor, h
     return layer.output.LayerNorm(layer.output.dense(layer.intermediate(h1)) + h1)
 
 
-def training_groups(n: int, n_xling: int, group_size: int, seed: int) -> tuple[list[str], list[list[int]]]:
-    """(texts, groups of text indices [query, positive, negatives…]).
+def training_groups(
+    n: int, n_xling: int, group_size: int, seed: int, n_long: int = 0
+) -> tuple[list[str], list[list[int]], list[list[int]]]:
+    """(texts, groups of text indices [query, positive, negatives…], long-document groups in the same form).
 
     ``n`` rows of train_short_docs minus the dev set, and ``n_xling`` cross-lingual rows (an English
     gettext message, its translation, translations of other messages into the same language as
     negatives) from the 40,000 pairs the dense stage trained on, so ``xling_dev`` stays held out.
+    ``n_long`` rows of train_long_docs (positive + 3 BM25 negatives; the eval sets' test splits are other files).
     """
     dev = short_dev(100, 0)
     held = set(dev.queries.values()) | {d.text for d in dev.corpus}
@@ -143,7 +149,14 @@ def training_groups(n: int, n_xling: int, group_size: int, seed: int) -> tuple[l
             pool = [t for t in rng.sample(by_lang[r["lang"]], min(8, len(by_lang[r["lang"]]))) if t != r["pos"][0]]
             if len(pool) >= group_size - 1:
                 groups.append([tid(r["query"])] + [tid(p) for p in [r["pos"][0], *pool[: group_size - 1]]])
-    return texts, groups
+    long_groups = []
+    if n_long:
+        with gzip.open(SHARED / "train_mix/train_long_docs.jsonl.gz", "rt", encoding="utf-8") as f:
+            long_rows = [json.loads(line) for line in f]
+        for r in rng.sample(long_rows, min(n_long, len(long_rows))):
+            if len(r.get("neg", [])) >= group_size - 1:
+                long_groups.append([tid(r["query"])] + [tid(p) for p in [r["pos"][0], *r["neg"][: group_size - 1]]])
+    return texts, groups, long_groups
 
 
 def plot(history: list[dict], path: Path, title: str) -> None:
@@ -191,19 +204,30 @@ def main() -> None:
     torch.manual_seed(cfg["seed"])
     args.out.mkdir(parents=True, exist_ok=True)
 
-    texts, groups = training_groups(cfg["groups"], cfg["xling_groups"], cfg["group_size"], cfg["seed"])
-    queries = {g[0] for g in groups}
+    texts, groups, long_groups = training_groups(
+        cfg["groups"], cfg["xling_groups"], cfg["group_size"], cfg["seed"], cfg["long_groups"]
+    )
+    queries = {g[0] for g in groups + long_groups}
+    long_passages = {i for g in long_groups for i in g[1:]}
     model = M3Model.from_pretrained(cfg["model"]).optimize("bf16")  # bf16 copy: the cache only
     seqs = [None] * len(texts)
-    for is_q, max_len in ((True, cfg["query_max_len"]), (False, cfg["passage_max_len"])):
-        idx = [i for i in range(len(texts)) if (i in queries) == is_q]
+    roles = (("query", cfg["query_max_len"]), ("passage", cfg["passage_max_len"]),
+             ("long", cfg["long_passage_max_len"]))
+
+    def role(i: int) -> str:
+        return "query" if i in queries else "long" if i in long_passages else "passage"
+
+    for name, max_len in roles:
+        idx = [i for i in range(len(texts)) if role(i) == name]
+        if not idx:
+            continue
         for i, s in zip(idx, model.tokenizer.tokenize([texts[i] for i in idx], max_length=max_len), strict=True):
             seqs[i] = s
     n_layers = model.config.num_hidden_layers
     # With the last layer frozen too, cache its output: a step then costs the heads alone.
     cached_layers = n_layers - 1 if cfg["train_layer"] else n_layers
     cache = StateCache.build(model, seqs, cached_layers, cfg["cache_tokens"])
-    print(f"{len(groups)} groups, {len(texts)} texts", flush=True)
+    print(f"{len(groups)} groups, {len(long_groups)} long-document groups, {len(texts)} texts", flush=True)
 
     model = M3Model.from_pretrained(cfg["model"])  # fp32 weights to train
     model.eval()  # no dropout: the cached prefix ran without it too
@@ -217,7 +241,7 @@ def main() -> None:
     heads = model.config.num_attention_heads
     unused = torch.tensor(sorted(model.tokenizer.special.unused))
     opt = torch.optim.AdamW(param_groups, weight_decay=0.0)
-    steps = int(cfg["epochs"] * len(groups) / cfg["batch_size"])
+    steps = int(cfg["epochs"] * (len(groups) + len(long_groups)) / cfg["batch_size"])
     warm = max(1, int(cfg["warmup_ratio"] * steps))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warm) * (steps - s) / steps)
     loss_cfg = LossConfig(temperature=cfg["temperature"], head_loss_weights=tuple(cfg["head_loss_weights"]),
@@ -231,17 +255,22 @@ def main() -> None:
                     sparse=model.sparse_from_hidden(out) * keep, colbert=model.colbert_from_hidden(out, mask.long()))
 
     rng = random.Random(cfg["seed"])
-    order: list[int] = []
+    # Long-document groups get batches of their own (as the paper's length buckets), drawn in
+    # proportion to their share of all groups.
+    pools = [p for p in (groups, long_groups) if p]
+    orders: list[list[int]] = [[] for _ in pools]
     history: list[dict] = []
     acc: dict[str, float] = {}
     t0 = time.time()
     metrics = args.out / "metrics.jsonl"
     with open(metrics, "w", encoding="utf-8") as log:
         for step in range(1, steps + 1):
-            if len(order) < cfg["batch_size"]:
-                order = list(range(len(groups)))
+            k = 0 if len(pools) == 1 else rng.choices(range(len(pools)), weights=[len(p) for p in pools])[0]
+            pool, order = pools[k], orders[k]
+            if len(order) < min(cfg["batch_size"], len(pool)):
+                order[:] = range(len(pool))
                 rng.shuffle(order)
-            batch = [groups[order.pop()] for _ in range(cfg["batch_size"])]
+            batch = [pool[order.pop()] for _ in range(min(cfg["batch_size"], len(order)))]
             out = m3_loss(reps([g[0] for g in batch]), reps([i for g in batch for i in g[1:]]), cfg["group_size"],
                           loss_cfg, self_distill=cfg["self_distill"])
             opt.zero_grad()
