@@ -116,7 +116,7 @@ def training_groups(
     ``n`` rows of train_short_docs minus the dev set, and ``n_xling`` cross-lingual rows (an English
     gettext message, its translation, translations of other messages into the same language as
     negatives) from the 40,000 pairs the dense stage trained on, so ``xling_dev`` stays held out.
-    ``n_long`` rows of train_long_docs (positive + 3 BM25 negatives; the eval sets' test splits are other files).
+    ``n_long`` rows of train_long_docs (positive + its first ``group - 1`` negatives; the eval sets are other files).
     """
     dev = short_dev(100, 0)
     held = set(dev.queries.values()) | {d.text for d in dev.corpus}
