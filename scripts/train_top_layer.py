@@ -189,13 +189,13 @@ def main() -> None:
                     help="override one config key (YAML value), e.g. --set self_distill=false")
     args = ap.parse_args()
     cfg = dict(DEFAULTS)
-    layers = [(str(args.config), yaml.safe_load(args.config.read_text(encoding="utf-8")) or {})] if args.config else []
+    sources = [(str(args.config), yaml.safe_load(args.config.read_text(encoding="utf-8")) or {})] if args.config else []
     for item in args.set:
         key, sep, value = item.partition("=")
         if not sep:
             raise SystemExit(f"--set {item!r}: expected KEY=VALUE")
-        layers.append((f"--set {item}", {key.strip(): yaml.safe_load(value)}))
-    for where, extra in layers:
+        sources.append((f"--set {item}", {key.strip(): yaml.safe_load(value)}))
+    for where, extra in sources:
         unknown = sorted(set(extra) - set(DEFAULTS))
         if unknown:
             raise SystemExit(f"{where}: unknown keys {unknown}; known: {sorted(DEFAULTS)}")
